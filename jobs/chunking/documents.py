@@ -1,0 +1,90 @@
+"""Normalize a record of the documents topic into a DocumentEvent.
+
+Wire format (value, UTF-8 JSON object; key = doc id):
+    {"id": "guide/intro", "text": "...", "version": 7, "title": "...",
+     "content_type": "text" | "markdown" | "html", "metadata": {...}, "deleted": false}
+
+- ``version`` is optional: without it the record's timestamp (ms) is the version.
+- A tombstone (key with null value) or ``"deleted": true`` deletes the document.
+- Unknown fields are ignored; anything else malformed raises BadRecord with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from streamrag.records import DocumentEvent, Origin
+
+CONTENT_TYPES = frozenset({"text", "markdown", "html"})
+
+
+class BadRecord(ValueError):
+    """A source record that cannot become a DocumentEvent; str(e) is the reason."""
+
+
+def decode_utf8(raw: bytes | None, what: str) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRecord(f"{what} is not valid UTF-8 (byte {e.start})") from e
+
+
+def parse_document_record(
+    key: bytes | None, value: bytes | None, origin: Origin, timestamp_ms: int
+) -> DocumentEvent:
+    """Map one documents-topic record to a DocumentEvent, or raise BadRecord."""
+    key_text = decode_utf8(key, "key")
+    if value is None:
+        if not key_text:
+            raise BadRecord("tombstone without a key: no document to delete")
+        return DocumentEvent(
+            doc_id=key_text, version=timestamp_ms, source=origin.topic, origin=origin,
+            deleted=True, source_ts_ms=timestamp_ms,
+        )
+    value_text = decode_utf8(value, "value")
+    try:
+        data = json.loads(value_text or "")
+    except json.JSONDecodeError as e:
+        raise BadRecord(f"value is not valid JSON: {e.msg} at char {e.pos}") from e
+    if not isinstance(data, dict):
+        raise BadRecord(f"value must be a JSON object, got {type(data).__name__}")
+    return _event_from_object(data, origin, timestamp_ms)
+
+
+def _event_from_object(data: dict[str, Any], origin: Origin, timestamp_ms: int) -> DocumentEvent:
+    doc_id = data.get("id")
+    if not isinstance(doc_id, str) or not doc_id.strip():
+        raise BadRecord("field 'id' must be a non-empty string")
+    deleted = _typed(data, "deleted", bool, False)
+    version = _typed(data, "version", int, timestamp_ms)
+    if isinstance(version, bool) or version < 0:
+        raise BadRecord("field 'version' must be a non-negative integer")
+    title = _typed(data, "title", str, None)
+    metadata = _typed(data, "metadata", dict, {})
+    content_type = _typed(data, "content_type", str, "text")
+    if content_type not in CONTENT_TYPES:
+        raise BadRecord(f"field 'content_type' must be one of {sorted(CONTENT_TYPES)}")
+    text = None
+    if not deleted:
+        text = _typed(data, "text", str, None)
+        if text is None:
+            raise BadRecord("field 'text' is required unless 'deleted' is true")
+        if not text.strip():
+            raise BadRecord("field 'text' is empty or whitespace only")
+    return DocumentEvent(
+        doc_id=doc_id, version=version, source=origin.topic, origin=origin, text=text,
+        deleted=deleted, title=title, content_type=content_type, metadata=metadata,
+        source_ts_ms=timestamp_ms,
+    )
+
+
+def _typed(data: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadRecord(f"field '{name}' must be {kind.__name__}, got {type(value).__name__}")
+    return value

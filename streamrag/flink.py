@@ -1,0 +1,118 @@
+"""Flink glue shared by the jobs: environment, Kafka source and sink tables.
+
+Kafka is read and written through Flink SQL tables with the ``raw`` format, because
+they carry what the DataStream Kafka connector in Python cannot: the record key, null
+values (tombstones) and the topic/partition/offset metadata for the dead-letter topic.
+Between those edges the jobs are DataStream pipelines of plain-Python stage functions.
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyflink.common import Configuration, Types
+from pyflink.datastream import CheckpointingMode, DataStream, StreamExecutionEnvironment
+from pyflink.table import StreamTableEnvironment, Table
+
+from streamrag.config import PROJECT_ROOT, ConfigError, Settings
+
+# Rows on every Kafka sink: key and value as UTF-8 strings.
+KEYED_ROW = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
+
+
+@dataclass(frozen=True)
+class FlinkContext:
+    env: StreamExecutionEnvironment
+    t_env: StreamTableEnvironment
+
+
+def create_context(settings: Settings, job_name: str) -> FlinkContext:
+    """A streaming environment with checkpointing, thread-mode Python and the Kafka jar."""
+    jars = sorted(Path(settings.flink.jars_dir).glob("flink-sql-connector-kafka-*.jar"))
+    if not jars:
+        raise ConfigError(
+            f"no Flink Kafka connector jar in {settings.flink.jars_dir}: run `make jars`"
+        )
+    # Thread-mode Python runs embedded in the JVM that PyFlink starts from this process;
+    # it only sees the venv (pemja, our packages) through PYTHONPATH.
+    paths = [str(PROJECT_ROOT), *site.getsitepackages()]
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    conf = Configuration()
+    conf.set_string("pipeline.name", job_name)
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(settings.flink.restart_attempts))
+    conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    conf.set_string("pipeline.jars", ";".join(j.resolve().as_uri() for j in jars))
+    conf.set_string("python.execution-mode", "thread")
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    conf.set_string("python.fn-execution.bundle.size", str(settings.flink.bundle_size))
+    conf.set_string("python.fn-execution.bundle.time", str(settings.flink.bundle_time_ms))
+    conf.set_string("execution.checkpointing.interval", f"{settings.flink.checkpoint_interval_ms} ms")
+    conf.set_string("execution.checkpointing.checkpoints-after-tasks-finish", "true")
+    conf.set_string("rest.bind-address", "127.0.0.1")
+    conf.set_string("rest.address", "127.0.0.1")
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(settings.flink.parallelism)
+    env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
+    return FlinkContext(env, StreamTableEnvironment.create(env))
+
+
+def kafka_source(
+    ctx: FlinkContext, settings: Settings, name: str, topics: list[str], bounded: bool
+) -> DataStream:
+    """Rows (k: bytes|None, v: bytes|None, topic, partition, offset, ts_ms) of ``topics``.
+
+    ``bounded`` stops at the offsets that are latest when the job starts (tests, demo,
+    replay); otherwise the source runs forever from the group's committed offsets.
+    """
+    bounded_opt = "'scan.bounded.mode' = 'latest-offset'," if bounded else ""
+    ctx.t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE {name} (
+          k BYTES, v BYTES,
+          `topic` STRING METADATA VIRTUAL,
+          `partition` INT METADATA VIRTUAL,
+          `offset` BIGINT METADATA VIRTUAL,
+          ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL
+        ) WITH (
+          'connector' = 'kafka',
+          'topic' = '{";".join(topics)}',
+          'properties.bootstrap.servers' = '{settings.kafka.bootstrap}',
+          'properties.group.id' = '{settings.kafka.group_id}',
+          'properties.auto.offset.reset' = 'earliest',
+          'properties.isolation.level' = 'read_committed',
+          'scan.startup.mode' = 'group-offsets',
+          {bounded_opt}
+          'key.format' = 'raw', 'key.fields' = 'k',
+          'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY'
+        )""")
+    table: Table = ctx.t_env.sql_query(
+        f"SELECT k, v, `topic`, `partition`, `offset`, "
+        f"CAST(UNIX_TIMESTAMP(CAST(ts AS STRING)) AS BIGINT) * 1000 "
+        f"+ CAST(EXTRACT(MILLISECOND FROM ts) AS BIGINT) AS ts_ms FROM {name}"
+    )
+    return ctx.t_env.to_data_stream(table)
+
+
+def add_kafka_sink(
+    ctx: FlinkContext, statements: object, settings: Settings, name: str, topic: str,
+    stream: DataStream,
+) -> None:
+    """Write a stream of KEYED_ROW rows to ``topic`` (at least once; consumers are
+    idempotent by key and version, so a replayed write changes nothing)."""
+    ctx.t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE {name} (k STRING, v STRING) WITH (
+          'connector' = 'kafka',
+          'topic' = '{topic}',
+          'properties.bootstrap.servers' = '{settings.kafka.bootstrap}',
+          'properties.linger.ms' = '5',
+          'sink.delivery-guarantee' = 'at-least-once',
+          'key.format' = 'raw', 'key.fields' = 'k',
+          'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY'
+        )""")
+    statements.add_insert(name, ctx.t_env.from_data_stream(stream))  # type: ignore[attr-defined]

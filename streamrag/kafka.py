@@ -1,0 +1,116 @@
+"""Kafka plumbing for the CLI and tests: topics, a producer, reading a topic to its end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from streamrag.config import Settings
+
+
+class KafkaUnavailable(Exception):
+    """Kafka cannot be reached; the message is one line for the user."""
+
+
+# The log is the source of truth (DESIGN.md invariant 7): everything but the dead
+# letters is compacted, so the latest record of every key is kept forever.
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    k = settings.kafka
+    compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+    topics = {t: compacted for t in (k.documents_topic, k.chunks_topic, k.embeddings_topic)}
+    topics[k.dead_letter_topic] = {"cleanup.policy": "delete", "retention.ms": str(30 * 86400_000)}
+    return topics
+
+
+@retry(retry=retry_if_exception_type(KafkaUnavailable), wait=wait_exponential(0.5, max=5),
+       stop=stop_after_delay(30), reraise=True)
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create missing topics (idempotent); returns the ones created."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    try:
+        existing = set(admin.list_topics(timeout=5).topics)
+    except KafkaException as e:
+        raise KafkaUnavailable(f"Kafka at {settings.kafka.bootstrap} is not reachable: {e}") from e
+    new = [NewTopic(name, settings.kafka.partitions, 1, config=config)
+           for name, config in topic_configs(settings).items() if name not in existing]
+    for name, future in (admin.create_topics(new).items() if new else []):
+        try:
+            future.result()
+        except KafkaException as e:
+            if "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise
+    return [t.topic for t in new]
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+class RecordProducer:
+    """A confluent-kafka producer that waits for every record to be acknowledged."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._producer = Producer({
+            "bootstrap.servers": settings.kafka.bootstrap, "enable.idempotence": True,
+            "linger.ms": 5, "message.timeout.ms": 60000,
+        })
+        self._errors: list[str] = []
+
+    def send(self, topic: str, key: str | bytes | None, value: str | bytes | None) -> None:
+        self._producer.produce(topic, key=key, value=value, on_delivery=self._delivered)
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float = 60) -> None:
+        if self._producer.flush(timeout_s) > 0:
+            raise KafkaUnavailable("records not acknowledged by Kafka in time")
+        if self._errors:
+            raise KafkaUnavailable(f"Kafka rejected records: {self._errors[0]}")
+
+    def _delivered(self, err: object, _msg: object) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 30) -> Iterator[Message]:
+    """Every record of ``topic`` from the earliest offset up to the end at call time."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "streamrag-reader",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        parts = [TopicPartition(topic, p) for p in meta.partitions]
+        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        todo = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, 0) for p in todo])
+        deadline = time.monotonic() + timeout_s
+        while todo and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            if msg.offset() < ends[msg.partition()]:
+                yield Message(topic, msg.partition(), msg.offset(), msg.key(), msg.value(),
+                              msg.timestamp()[1])
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                todo.discard(msg.partition())
+    finally:
+        consumer.close()
+
+
+def send_all(settings: Settings, topic: str, records: Iterable[tuple[str, str | None]]) -> int:
+    producer = RecordProducer(settings)
+    n = 0
+    for key, value in records:
+        producer.send(topic, key, value)
+        n += 1
+    producer.flush()
+    return n

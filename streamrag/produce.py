@@ -1,0 +1,36 @@
+"""`produce`: push a folder of .md/.txt/.html files to the documents topic (key = doc id)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from streamrag.config import Settings
+from streamrag.kafka import ensure_topics, send_all
+
+CONTENT_TYPES = {".md": "markdown", ".markdown": "markdown", ".txt": "text",
+                 ".html": "html", ".htm": "html"}
+
+
+def document_records(folder: Path, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(doc id, JSON value) per supported file under ``folder``; the doc id is the
+    file's path relative to the folder, so producing the same folder twice is an update."""
+    for path in sorted(folder.rglob("*")):
+        content_type = CONTENT_TYPES.get(path.suffix.lower())
+        if content_type is None or not path.is_file():
+            continue
+        doc_id = prefix + path.relative_to(folder).as_posix()
+        text = path.read_text(encoding="utf-8", errors="replace")
+        yield doc_id, json.dumps({
+            "id": doc_id, "text": text, "content_type": content_type,
+            "title": path.stem.replace("-", " ").replace("_", " "),
+            "metadata": {"path": path.relative_to(folder).as_posix()},
+        })
+
+
+def produce_folder(settings: Settings, folder: Path, prefix: str = "") -> int:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    ensure_topics(settings)
+    return send_all(settings, settings.kafka.documents_topic, document_records(folder, prefix))

@@ -1,0 +1,130 @@
+"""The records that flow between stages, and their JSON wire form on Kafka.
+
+documents / CDC topics --(normalize)--> DocumentEvent --(chunk)--> ChunkRecord
+  --(embed)--> EmbeddingRecord --(index)--> vector store
+
+Every record is traceable to its origin (topic/partition/offset) and to its document
+version (DESIGN.md invariant 8).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+Op = Literal["upsert", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a record was read from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentEvent:
+    """One source record normalized: a document's new text, or its deletion."""
+
+    doc_id: str
+    version: int
+    source: str
+    origin: Origin
+    text: str | None = None
+    deleted: bool = False
+    title: str | None = None
+    content_type: str = "text"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # When the source committed the change (ms since epoch): CDC commit time, else record time.
+    source_ts_ms: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> DocumentEvent:
+        data = json.loads(raw)
+        data["origin"] = Origin(**data["origin"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """A chunk upsert, or a delete marker (op="delete", no text), keyed by chunk_id."""
+
+    chunk_id: str
+    doc_id: str
+    version: int
+    op: Op
+    position: int = -1
+    start: int = 0
+    end: int = 0
+    text: str = ""
+    content_hash: str = ""
+    source: str = ""
+    title: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source_ts_ms: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> ChunkRecord:
+        return cls(**_known_fields(cls, json.loads(raw)))
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRecord:
+    """A chunk with its vector (op="upsert"), or a delete marker, keyed by chunk_id."""
+
+    chunk: ChunkRecord
+    model_id: str = ""
+    vector: list[float] | None = None
+    # False when the vector came from the cache of (model id, content hash): no model call.
+    embedded: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "chunk": asdict(self.chunk),
+                "model_id": self.model_id,
+                "vector": self.vector,
+                "embedded": self.embedded,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> EmbeddingRecord:
+        data = json.loads(raw)
+        chunk = ChunkRecord(**_known_fields(ChunkRecord, data["chunk"]))
+        return cls(
+            chunk=chunk,
+            model_id=data.get("model_id", ""),
+            vector=data.get("vector"),
+            embedded=bool(data.get("embedded", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that a stage could not use, with the reason and where it came from."""
+
+    stage: str
+    reason: str
+    origin: Origin | None
+    key: str | None
+    value: str | None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}

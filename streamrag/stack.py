@@ -1,0 +1,351 @@
+"""The local real-services stack: PostgreSQL+pgvector, Kafka (KRaft), Kafka Connect with
+Debezium, and a Milvus Lite server, all as plain processes under ``<work_dir>``.
+
+    streamrag stack up [SERVICES...]   # idempotent; default: all, in start order
+    streamrag stack status
+    streamrag stack down
+
+Layout: ``<work_dir>/<service>/`` (config + data), ``logs/<service>.log``,
+``run/<service>.pid``, ``secrets/`` (generated PostgreSQL password, mode 0600).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import psutil
+import typer
+
+from streamrag.config import ConfigError, Settings, load_settings
+from streamrag.stack_services import (
+    SERVICES,
+    JavaService,
+    Postgres,
+    Service,
+    StackError,
+    find_java,
+    port_free,
+    secrets_dir,
+    show,
+    work_dir,
+)
+
+__all__ = [
+    "SERVICE_NAMES",
+    "StackError",
+    "app",
+    "down",
+    "pids",
+    "postgres_dsn",
+    "secrets_dir",
+    "status",
+    "up",
+]
+
+SERVICE_NAMES: tuple[str, ...] = tuple(SERVICES)  # start order
+READY_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+
+# Children started by this process, kept so they are reaped (no zombies, no warnings).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def postgres_dsn(settings: Settings, dbname: str = "streamrag") -> str:
+    """libpq DSN for the stack's PostgreSQL, password included (read from the secrets dir)."""
+    return Postgres(settings).dsn(dbname)
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+def _pid_file(svc: Service) -> Path:
+    return svc.work / "run" / f"{svc.name}.pid"
+
+
+def _alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _is_ours(proc: psutil.Process, svc: Service) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE and svc.marker in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _find_pid(svc: Service) -> int | None:
+    """Pid of the service's running process, from its pid file or else by command line."""
+    pid_file = _pid_file(svc)
+    try:
+        pid = int(pid_file.read_text().strip())
+        if psutil.pid_exists(pid) and _is_ours(psutil.Process(pid), svc):
+            return pid
+    except (OSError, ValueError, psutil.Error):
+        pass
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid() or not _is_ours(proc, svc):
+            continue
+        try:
+            if _is_ours(proc.parent(), svc):  # e.g. a postgres backend: we want the postmaster
+                continue
+        except (psutil.Error, AttributeError):
+            pass
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{proc.pid}\n")
+        return proc.pid
+    pid_file.unlink(missing_ok=True)  # stale
+    return None
+
+
+def _new_log(svc: Service) -> None:
+    """Start a fresh log for this run, keeping the previous one as ``<name>.log.1``."""
+    svc.log.parent.mkdir(parents=True, exist_ok=True)
+    if svc.log.exists() and svc.log.stat().st_size > 0:
+        svc.log.replace(svc.log.with_name(svc.log.name + ".1"))
+
+
+def _spawn(svc: Service) -> int:
+    cmd = svc.command()
+    with svc.log.open("ab") as log:
+        log.write(f"--- {datetime.now():%Y-%m-%d %H:%M:%S} starting {svc.name}\n".encode())
+        log.flush()
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **svc.popen_kwargs(),
+            )
+        except OSError as e:
+            raise StackError(f"cannot start {svc.name}: {e}") from e
+    _children[proc.pid] = proc
+    pid_file = _pid_file(svc)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _wait_ready(svc: Service, pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not _alive(pid):
+            raise StackError(f"{svc.name} exited during startup; see {show(svc.log)}")
+        if svc.ready():
+            return
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"{svc.name} did not become ready in {timeout:.0f} s; see {show(svc.log)}"
+            )
+        time.sleep(0.5)
+
+
+def _after_ready(svc: Service) -> None:
+    try:
+        svc.after_ready()
+    except StackError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StackError(f"{svc.name} setup failed: {first}") from e
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _stop(svc: Service, pid: int, timeout: float = STOP_TIMEOUT) -> None:
+    """Graceful stop, then SIGKILL to the whole process group (its own session)."""
+    with suppress(OSError, subprocess.SubprocessError):
+        svc.graceful_stop(pid)
+    if not _wait_gone(pid, timeout):
+        try:
+            os.killpg(pid, signal.SIGKILL)  # started with start_new_session: pgid == pid
+        except OSError:
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 5)
+    with suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)  # leftovers of the group, if any
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.wait(timeout=5)
+    _pid_file(svc).unlink(missing_ok=True)
+
+
+@contextmanager
+def _lock(settings: Settings) -> Iterator[None]:
+    path = work_dir(settings) / "run" / "stack.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _selected(services: list[str] | None) -> list[str]:
+    wanted = set(services or SERVICE_NAMES)
+    unknown = sorted(wanted - set(SERVICE_NAMES))
+    if unknown:
+        raise StackError(f"unknown service {unknown[0]!r} (choose from {', '.join(SERVICE_NAMES)})")
+    for name in list(wanted):  # add what they need (one level is enough here)
+        wanted.update(SERVICES[name].needs)
+    return [name for name in SERVICE_NAMES if name in wanted]
+
+
+# --- public API -------------------------------------------------------------------------
+
+
+def up(
+    settings: Settings,
+    services: list[str] | None = None,
+    *,
+    timeout: float = READY_TIMEOUT,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, float]:
+    """Start the given services (default all, plus what they need) and wait until ready.
+
+    Healthy running services are left alone. Returns seconds spent per service.
+    Raises StackError with a one-line message.
+    """
+    say = echo or (lambda _msg: None)
+    names = _selected(services)
+    svcs = {name: SERVICES[name](settings) for name in names}
+    spent: dict[str, float] = {}
+    with _lock(settings):
+        running = {name: _find_pid(svc) for name, svc in svcs.items()}
+        to_start = [svcs[n] for n in names if running[n] is None]
+        if any(isinstance(svc, JavaService) for svc in to_start):
+            find_java()
+        for svc in to_start:
+            for port in svc.ports:
+                if not port_free(port):
+                    raise StackError(f"port {port} is already in use by another process")
+        for name, svc in svcs.items():
+            started = time.monotonic()
+            pid = running[name]
+            if pid is not None:
+                _wait_ready(svc, pid, timeout)
+                _after_ready(svc)
+                spent[name] = time.monotonic() - started
+                say(f"{name:<9} already running  {svc.address}  pid {pid}")
+                continue
+            _new_log(svc)
+            try:
+                svc.prepare()
+            except (OSError, subprocess.SubprocessError) as e:
+                raise StackError(f"cannot prepare {name}: {e}; see {show(svc.log)}") from e
+            pid = _spawn(svc)
+            try:
+                _wait_ready(svc, pid, timeout)
+                _after_ready(svc)
+            except BaseException:
+                _stop(svc, pid, timeout=10)
+                raise
+            spent[name] = time.monotonic() - started
+            say(f"{name:<9} started in {spent[name]:.1f} s  {svc.address}  pid {pid}")
+    return spent
+
+
+def down(settings: Settings, *, echo: Callable[[str], None] | None = None) -> None:
+    """Stop every service of the stack (reverse start order); no process of ours is left."""
+    say = echo or (lambda _msg: None)
+    with _lock(settings):
+        for name in reversed(SERVICE_NAMES):
+            svc = SERVICES[name](settings)
+            stopped = 0
+            while (pid := _find_pid(svc)) is not None:
+                if stopped == 3:
+                    raise StackError(f"cannot stop {name} (pid {pid}); see {show(svc.log)}")
+                _stop(svc, pid)
+                stopped += 1
+            say(f"{name:<9} {'stopped' if stopped else 'not running'}")
+
+
+def _probe(svc: Service) -> bool:
+    try:
+        return svc.ready()
+    except StackError:
+        return False
+
+
+def pids(settings: Settings) -> dict[str, int | None]:
+    """Pid of each service's main process, None when not running."""
+    return {name: _find_pid(SERVICES[name](settings)) for name in SERVICE_NAMES}
+
+
+def status(settings: Settings) -> dict[str, bool]:
+    """Whether each service is running and answering."""
+    return {
+        name: pid is not None and _probe(SERVICES[name](settings))
+        for name, pid in pids(settings).items()
+    }
+
+
+# --- CLI (mounted by the main CLI as `streamrag stack`) ---------------------------------
+
+app = typer.Typer(help="Run the local stack: PostgreSQL, Kafka, Kafka Connect, Milvus Lite.")
+
+
+def _run(action: Callable[[Settings], object]) -> None:
+    try:
+        action(load_settings())
+    except (StackError, ConfigError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("up")
+def up_command(
+    services: Annotated[
+        list[str] | None,
+        typer.Argument(help=f"services to start (default all): {', '.join(SERVICE_NAMES)}"),
+    ] = None,
+) -> None:
+    """Start services (idempotent) and wait until they are ready."""
+    _run(lambda settings: up(settings, services or None, echo=typer.echo))
+
+
+@app.command("down")
+def down_command() -> None:
+    """Stop every service of the stack."""
+    _run(lambda settings: down(settings, echo=typer.echo))
+
+
+@app.command("status")
+def status_command() -> None:
+    """One line per service: name, up/down, address, pid."""
+
+    def show_status(settings: Settings) -> None:
+        for name, pid in pids(settings).items():
+            svc = SERVICES[name](settings)
+            state = "up" if pid is not None and _probe(svc) else "down"
+            typer.echo(f"{name:<9} {state:<5} {svc.address:<23} pid {pid or '-'}")
+
+    _run(show_status)
+
+
+if __name__ == "__main__":
+    app()
