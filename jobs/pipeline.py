@@ -101,7 +101,9 @@ class ChunkDocuments(KeyedProcessFunction):
 
 
 class EmbedChunks(MapFunction):
-    """Chunk JSON -> embedding JSON; the model loads once per worker, in open()."""
+    """Chunk JSON -> embedding JSON; the model loads once per worker, in open().
+
+    Vectors already in the index for the same (model, content hash) are reused."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -111,10 +113,19 @@ class EmbedChunks(MapFunction):
         ref = resolve_model(cfg.model)
         model = load_model(ref, cfg.torch_threads)
         self._embedder = Embedder(model, ref.model_id, cfg.batch_size, cfg.cache_entries)
+        self._index = IndexWriter.open(self._settings.store, model_dimension(ref))
+        metrics = runtime_context.get_metrics_group()
+        self._embedded, self._reused = metrics.counter("embedded"), metrics.counter("reused")
 
     def map(self, row: Row) -> Row:
-        (record,) = self._embedder.embed([ChunkRecord.from_json(row["v"])])
+        chunk = ChunkRecord.from_json(row["v"])
+        known = self._index.known_vectors([chunk], self._embedder.model_id)
+        (record,) = self._embedder.embed([chunk], known)
+        (self._embedded if record.embedded else self._reused).inc()
         return Row(k=row["k"], v=record.to_json())
+
+    def close(self) -> None:
+        self._index.close()
 
 
 class IndexEmbeddings(MapFunction):

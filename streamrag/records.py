@@ -13,7 +13,10 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-Op = Literal["upsert", "delete"]
+# upsert: write the chunk (unless the store holds a newer version of it).
+# trim:   delete the document's chunks at positions >= ``position`` that are older than
+#         ``version``; sent after a document's upserts (a delete is a trim from 0).
+Op = Literal["upsert", "trim"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +56,7 @@ class DocumentEvent:
 
 @dataclass(frozen=True, slots=True)
 class ChunkRecord:
-    """A chunk upsert, or a delete marker (op="delete", no text), keyed by chunk_id."""
+    """A chunk upsert keyed by chunk_id, or a document trim marker keyed by trim_key(doc)."""
 
     chunk_id: str
     doc_id: str
@@ -79,7 +82,7 @@ class ChunkRecord:
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingRecord:
-    """A chunk with its vector (op="upsert"), or a delete marker, keyed by chunk_id."""
+    """A chunk with its vector (op="upsert"), or a trim marker passed through."""
 
     chunk: ChunkRecord
     model_id: str = ""

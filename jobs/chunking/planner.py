@@ -2,12 +2,16 @@
 
 - A chunk's id is ``uuid5(doc id, position)``: deterministic, so replays upsert in place.
 - Per document, state keeps the latest version and a fingerprint per chunk position.
-- An event whose version is not newer than the state's is stale and changes nothing.
-- An update emits upserts for the positions whose fingerprint changed, *then* delete
-  markers for positions the shorter document no longer has: unchanged chunks are never
-  touched, so a search never loses them mid-update (invariant 4).
-- A delete emits delete markers for every position and keeps the version, so an older
-  event that arrives late cannot resurrect the document (invariant 2).
+- An event whose version is not newer than the state's is stale and changes nothing. Equal
+  versions are told apart by the Kafka offset when both come from the same partition
+  (two records produced in the same millisecond carry the same timestamp version).
+- An update emits upserts for the positions whose fingerprint changed, *then* one trim
+  marker that removes the positions the document no longer has: unchanged chunks are
+  never touched, so a search never loses them mid-update (invariant 4).
+- A delete emits a trim from position 0 and keeps the version, so an older event that
+  arrives late cannot resurrect the document (invariant 2).
+- State is an optimization, not the guard: a fresh job (no state) re-emits every chunk,
+  and the store still refuses older versions and trims what the document lost.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ def chunk_id(doc_id: str, position: int) -> str:
     return str(uuid.uuid5(CHUNK_NAMESPACE, f"{doc_id}\x1f{position}"))
 
 
+def trim_key(doc_id: str) -> str:
+    """Kafka key of a document's trim marker (chunk ids are UUIDs, so never clash)."""
+    return f"trim:{doc_id}"
+
+
 def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
@@ -39,16 +48,32 @@ class DocState:
     version: int
     deleted: bool = False
     fingerprints: list[str] = field(default_factory=list)
+    # topic, partition, offset of the event that set this state (tie-break of versions)
+    origin: tuple[str, int, int] | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"v": self.version, "d": self.deleted, "f": self.fingerprints})
+        return json.dumps({"v": self.version, "d": self.deleted, "f": self.fingerprints,
+                           "o": self.origin})
 
     @classmethod
     def from_json(cls, raw: str | None) -> DocState | None:
         if not raw:
             return None
         data = json.loads(raw)
-        return cls(version=data["v"], deleted=data["d"], fingerprints=data["f"])
+        origin = tuple(data["o"]) if data.get("o") else None
+        return cls(version=data["v"], deleted=data["d"], fingerprints=data["f"],
+                   origin=origin)  # type: ignore[arg-type]
+
+
+def is_stale(state: DocState | None, event: DocumentEvent) -> bool:
+    """True when ``event`` is not newer than what ``state`` already reflects."""
+    if state is None or event.version > state.version:
+        return False
+    if event.version < state.version or state.origin is None:
+        return True
+    topic, partition, offset = state.origin
+    same_partition = (event.origin.topic, event.origin.partition) == (topic, partition)
+    return not (same_partition and event.origin.offset > offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +89,13 @@ def plan_document(
     state: DocState | None, event: DocumentEvent, spans: list[Span]
 ) -> ChunkPlan:
     """Records that bring the index from ``state`` to ``event`` (spans of its clean text)."""
-    if state is not None and event.version <= state.version:
+    if is_stale(state, event):
         return ChunkPlan(state=state, records=[], stale=True)
     old = [] if state is None else state.fingerprints
+    origin = (event.origin.topic, event.origin.partition, event.origin.offset)
     if event.deleted:
-        deletes = [_delete_marker(event, pos) for pos in range(len(old))]
-        return ChunkPlan(DocState(event.version, deleted=True), deletes)
+        return ChunkPlan(DocState(event.version, deleted=True, origin=origin),
+                         [_trim_marker(event, 0)])
 
     upserts: list[ChunkRecord] = []
     fingerprints: list[str] = []
@@ -79,8 +105,10 @@ def plan_document(
         fingerprints.append(fingerprint)
         if position >= len(old) or old[position] != fingerprint:
             upserts.append(record)
-    deletes = [_delete_marker(event, pos) for pos in range(len(spans), len(old))]
-    return ChunkPlan(DocState(event.version, fingerprints=fingerprints), upserts + deletes)
+    state = DocState(event.version, fingerprints=fingerprints, origin=origin)
+    if not upserts and len(old) == len(spans):
+        return ChunkPlan(state, [])  # nothing changed: the index is already right
+    return ChunkPlan(state, [*upserts, _trim_marker(event, len(spans))])
 
 
 def _upsert(event: DocumentEvent, position: int, span: Span) -> ChunkRecord:
@@ -101,12 +129,12 @@ def _upsert(event: DocumentEvent, position: int, span: Span) -> ChunkRecord:
     )
 
 
-def _delete_marker(event: DocumentEvent, position: int) -> ChunkRecord:
+def _trim_marker(event: DocumentEvent, position: int) -> ChunkRecord:
     return ChunkRecord(
-        chunk_id=chunk_id(event.doc_id, position),
+        chunk_id=trim_key(event.doc_id),
         doc_id=event.doc_id,
         version=event.version,
-        op="delete",
+        op="trim",
         position=position,
         source=event.source,
         source_ts_ms=event.source_ts_ms,

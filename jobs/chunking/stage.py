@@ -8,7 +8,7 @@ from collections.abc import Callable
 from jobs.chunking.chunker import Chunker, Span, get_encoding
 from jobs.chunking.cleaning import clean
 from jobs.chunking.documents import BadRecord
-from jobs.chunking.planner import ChunkPlan, DocState, plan_document
+from jobs.chunking.planner import ChunkPlan, DocState, is_stale, plan_document
 from streamrag.config import ChunkingConfig
 from streamrag.records import DocumentEvent
 
@@ -51,6 +51,6 @@ class ChunkStage:
 
     def apply(self, state: DocState | None, event: DocumentEvent) -> ChunkPlan:
         """The plan for ``event``; stale events are not even cleaned or chunked."""
-        if state is not None and event.version <= state.version:
+        if is_stale(state, event):
             return ChunkPlan(state=state, records=[], stale=True)
         return plan_document(state, event, self.spans(event))

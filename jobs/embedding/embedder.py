@@ -1,14 +1,15 @@
 """Embedding stage logic: ChunkRecords -> EmbeddingRecords, batched, with a vector cache.
 
-A chunk whose (model id, content hash) was embedded before by this worker reuses the
-vector (``embedded=False``); only the rest go to the model, in one batch. Delete markers
-pass through untouched.
+A chunk whose (model id, content hash) was embedded before reuses that vector
+(``embedded=False``): from this worker's cache, or from ``known`` vectors the caller found
+in the index (so a restarted job does not re-embed what is already indexed). Only the
+rest go to the model, in one batch. Trim markers pass through untouched.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from streamrag.records import ChunkRecord, EmbeddingRecord
@@ -31,15 +32,19 @@ class Embedder:
         self.embedded = 0
         self.reused = 0
 
-    def embed(self, chunks: Sequence[ChunkRecord]) -> list[EmbeddingRecord]:
-        """EmbeddingRecords for ``chunks``, in the same order."""
+    def embed(self, chunks: Sequence[ChunkRecord],
+              known: Mapping[str, list[float]] | None = None) -> list[EmbeddingRecord]:
+        """EmbeddingRecords for ``chunks``, in the same order; ``known`` maps content
+        hashes to vectors of this model."""
+        if known:
+            self._remember(dict(known))
         missing = sorted({c.content_hash: c.text for c in chunks
                           if c.op == "upsert" and c.content_hash not in self._cache}.items())
         fresh = dict(zip([h for h, _ in missing], self._encode([t for _, t in missing]),
                          strict=True))
         out = []
         for chunk in chunks:
-            if chunk.op == "delete":
+            if chunk.op != "upsert":
                 out.append(EmbeddingRecord(chunk=chunk, model_id=self.model_id))
                 continue
             vector = fresh.get(chunk.content_hash)
@@ -66,8 +71,6 @@ class Embedder:
         return [[float(x) for x in v] for v in vectors]
 
     def _remember(self, fresh: dict[str, list[float]]) -> None:
-        if self._cache_entries == 0:
-            return
         self._cache.update(fresh)
-        while len(self._cache) > self._cache_entries:
+        while len(self._cache) > max(self._cache_entries, len(fresh)):
             self._cache.popitem(last=False)

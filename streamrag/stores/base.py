@@ -69,7 +69,12 @@ class VectorStore(Protocol):
     def ensure(self, dim: int) -> None:
         """Create the collection/table and index if missing (idempotent)."""
 
-    def upsert(self, records: Sequence[EmbeddingRecord]) -> None: ...
+    def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
+        """Write chunks by id; a chunk whose stored version is newer is left alone."""
+
+    def trim(self, doc_id: str, from_position: int, below_version: int) -> None:
+        """Delete the document's chunks at ``position >= from_position`` whose version is
+        below ``below_version`` (what an update made surplus, or all of a deleted doc)."""
 
     def delete(self, chunk_ids: Sequence[str]) -> None: ...
 
@@ -82,22 +87,32 @@ class VectorStore(Protocol):
 
     def count(self) -> int: ...
 
+    def all_ids(self) -> list[str]: ...
+
+    def flush(self) -> None:
+        """Make recent writes visible to searches (Milvus); a no-op where they already are."""
+
+    def drop(self) -> None:
+        """Remove the collection/table and everything in it."""
+
     def close(self) -> None: ...
 
 
 def apply_records(store: VectorStore, records: Sequence[EmbeddingRecord]) -> None:
-    """Apply a batch of upserts and delete markers as if one at a time, in order.
+    """Apply upserts and trim markers in order; consecutive upserts go in one write.
 
-    Only each chunk id's last record matters; upserts are written before deletes, so
-    an update never removes a chunk that it keeps (invariant 4).
+    A document's trim follows its upserts, so an update never removes a chunk that it
+    keeps (invariant 4), and versions guard every write (invariant 2).
     """
-    last: dict[str, EmbeddingRecord] = {}
+    pending: dict[str, EmbeddingRecord] = {}
     for record in records:
-        last.pop(record.chunk.chunk_id, None)
-        last[record.chunk.chunk_id] = record
-    upserts = [r for r in last.values() if r.chunk.op == "upsert"]
-    deletes = [cid for cid, r in last.items() if r.chunk.op == "delete"]
-    if upserts:
-        store.upsert(upserts)
-    if deletes:
-        store.delete(deletes)
+        chunk = record.chunk
+        if chunk.op == "upsert":
+            pending[chunk.chunk_id] = record
+            continue
+        if pending:
+            store.upsert(list(pending.values()))
+            pending.clear()
+        store.trim(chunk.doc_id, chunk.position, chunk.version)
+    if pending:
+        store.upsert(list(pending.values()))

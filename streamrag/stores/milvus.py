@@ -1,7 +1,8 @@
 """Milvus store: Milvus Lite (the stack's local server, or a file path) or a Milvus server.
 
 One collection per index; the chunk id is the primary key, so upsert is idempotent.
-Filters are bound with ``filter_params`` (expression templates): values never become code.
+Filter values are quoted by ``_literal`` (Milvus Lite 3.2 has no ``filter_params``
+templates): a value can never end its string literal, so values never become code.
 """
 
 from __future__ import annotations
@@ -63,8 +64,24 @@ class MilvusStore:
 
     @_transient
     def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
+        # Milvus has no conditional write; one reader-writer per document (Flink keys
+        # by doc id) makes this read-then-write safe.
+        stored = self._client.get(self.collection, ids=[r.chunk.chunk_id for r in records],
+                                  output_fields=["version"])
+        newer = {row["chunk_id"]: row["version"] for row in stored}
         now = int(time.time() * 1000)
-        self._client.upsert(self.collection, [_row(r, now) for r in records])
+        rows = [_row(r, now) for r in records
+                if newer.get(r.chunk.chunk_id, -1) <= r.chunk.version]
+        if rows:
+            self._client.upsert(self.collection, rows)
+
+    @_transient
+    def trim(self, doc_id: str, from_position: int, below_version: int) -> None:
+        self._client.delete(
+            self.collection,
+            filter=f"doc_id == {_literal(doc_id)} and position >= {_literal(from_position)}"
+                   f" and version < {_literal(below_version)}",
+        )
 
     @_transient
     def delete(self, chunk_ids: Sequence[str]) -> None:
@@ -73,13 +90,12 @@ class MilvusStore:
     @_transient
     def search(self, vector: Sequence[float], k: int, filters: Filters | None = None
                ) -> list[SearchHit]:
-        expr, params = _filter_expression(filters)
         result = self._client.search(
-            self.collection, data=[list(vector)], limit=k, filter=expr,
-            filter_params=params, output_fields=_SCALARS,
+            self.collection, data=[list(vector)], limit=k, filter=_filter_expression(filters),
+            output_fields=_SCALARS,
             search_params={"metric_type": "COSINE"},
         )
-        return [SearchHit(float(hit["distance"]), _stored(hit["entity"], hit["id"]))
+        return [SearchHit(float(hit["distance"]), _stored(hit["entity"], hit["chunk_id"]))
                 for hit in result[0]]
 
     @_transient
@@ -92,8 +108,8 @@ class MilvusStore:
 
     @_transient
     def doc_chunk_ids(self, doc_id: str) -> list[str]:
-        rows = self._client.query(self.collection, filter="doc_id == {doc_id}",
-                                  filter_params={"doc_id": doc_id}, output_fields=["chunk_id"])
+        rows = self._client.query(self.collection, filter=f"doc_id == {_literal(doc_id)}",
+                                  output_fields=["chunk_id"])
         return sorted(row["chunk_id"] for row in rows)
 
     @_transient
@@ -112,6 +128,9 @@ class MilvusStore:
 
     def flush(self) -> None:
         self._client.flush(self.collection)
+
+    def drop(self) -> None:
+        self._client.drop_collection(self.collection)
 
     def close(self) -> None:
         self._client.close()
@@ -145,14 +164,26 @@ def _stored(row: dict[str, Any], chunk_id: str) -> StoredChunk:
     )
 
 
-def _filter_expression(filters: Filters | None) -> tuple[str, dict[str, Any]]:
+def _filter_expression(filters: Filters | None) -> str:
     if filters is None:
-        return "", {}
-    clauses, params = [], {}
-    for i, (name, value) in enumerate(sorted(filters.fields.items())):
-        clauses.append(f"{name} == {{f{i}}}")
-        params[f"f{i}"] = value
-    for i, (key, value) in enumerate(sorted(filters.metadata.items())):
-        clauses.append(f'metadata["{key}"] == {{m{i}}}')
-        params[f"m{i}"] = value
-    return " and ".join(clauses), params
+        return ""
+    clauses = [f"{name} == {_literal(value)}" for name, value in sorted(filters.fields.items())]
+    # Keys match METADATA_KEY (checked by Filters), so they cannot break out of ["..."].
+    clauses += [f'metadata["{key}"] == {_literal(value)}'
+                for key, value in sorted(filters.metadata.items())]
+    return " and ".join(clauses)
+
+
+def _literal(value: str | int | bool) -> str:
+    """``value`` as an expression literal. In a string, backslash and double quote are
+    escaped (and newlines, which the lexer rejects), so the only unescaped quote is the
+    closing one: the value cannot end the literal early and inject an expression."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, str):
+        escaped = (value.replace("\\", "\\\\").replace('"', '\\"')
+                   .replace("\n", "\\n").replace("\r", "\\r"))
+        return f'"{escaped}"'
+    raise StoreError(f"cannot filter on a {type(value).__name__} value: use str, int or bool")

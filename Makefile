@@ -1,0 +1,58 @@
+# streamrag: the two commands are `make demo` and `make test` (see README.md).
+# Everything is installed by these targets on a fresh machine: the Python venv from
+# pyproject.toml (PyPI), the JVM jars from pom.xml (Maven Central).
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CLI    := $(VENV)/bin/streamrag
+JARS   := .work/jars
+export HF_HUB_OFFLINE := 1
+export PGPASSFILE := $(CURDIR)/.work/secrets/pgpass
+
+.PHONY: install jars stack-up stack-down demo test test-unit bench lint clean
+
+install: $(VENV)/.installed jars
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+jars: $(JARS)/.resolved
+
+$(JARS)/.resolved: pom.xml
+	@command -v mvn >/dev/null || { echo "error: mvn (Maven) not found"; exit 1; }
+	@command -v java >/dev/null || { echo "error: java (17+) not found"; exit 1; }
+	rm -rf $(JARS)/kafka $(JARS)/debezium $(JARS)/flink
+	for profile in kafka debezium flink; do mvn -q -B -P $$profile dependency:copy-dependencies || exit 1; done
+	touch $@
+
+stack-up: install
+	$(CLI) stack up
+
+stack-down:
+	$(CLI) stack down
+
+demo: stack-up
+	$(CLI) topics create
+	$(CLI) produce samples/corpus
+	$(CLI) run --bounded
+	$(CLI) query "How does Kafka keep only the latest value for each key?" -k 3
+
+test: stack-up
+	$(PY) -m pytest -q -ra tests
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+bench: stack-up
+	$(PY) -m bench.run
+
+lint: install
+	$(VENV)/bin/ruff check streamrag jobs connect tests bench
+
+clean: stack-down
+	rm -rf .work

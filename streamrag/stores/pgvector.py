@@ -1,0 +1,261 @@
+"""pgvector store: one PostgreSQL table per index, searched by cosine distance (HNSW).
+
+The chunk id is the primary key, so upsert (INSERT ... ON CONFLICT DO UPDATE) is
+idempotent; it never replaces a newer version, and leaves an identical row (a replay)
+untouched, indexed_at_ms included, which spares the HNSW index a rewrite.
+The password never comes from config: libpq reads PGPASSWORD / PGPASSFILE.
+The table name is a validated identifier composed with ``sql.Identifier``; filter values
+are always bound parameters. Metadata filters use jsonb containment (``metadata @> %s``),
+so type and value must both match, as in Milvus (``"1"`` does not match ``1``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types import TypeInfo
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+from tenacity import (
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from streamrag.config import PgvectorConfig
+from streamrag.records import EmbeddingRecord
+from streamrag.stores.base import Filters, SearchHit, StoredChunk, StoreError
+
+TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCALARS = ["doc_id", "version", "position", "span_start", "span_end", "text", "content_hash",
+            "source", "title", "metadata", "model_id", "source_ts_ms", "indexed_at_ms"]
+_COLUMNS = ["chunk_id", "embedding", *_SCALARS]
+_transient = retry(retry=retry_if_exception_type(psycopg.OperationalError),
+                   wait=wait_exponential(multiplier=0.2, max=5), stop=stop_after_attempt(6),
+                   reraise=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line(fn: F) -> F:
+    """Retry transient errors; what still fails becomes a one-line StoreError."""
+    retried = _transient(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return retried(*args, **kwargs)
+        except psycopg.Error as e:
+            raise StoreError(f"pgvector {fn.__name__}: {e}".splitlines()[0]) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+class PgvectorStore:
+    def __init__(self, config: PgvectorConfig, table: str | None = None) -> None:
+        self.table = table or config.table
+        if not TABLE_NAME.match(self.table):
+            raise StoreError(f"table name {self.table!r} must match {TABLE_NAME.pattern}")
+        self._t = sql.Identifier(self.table)
+        self._upsert_sql = _upsert_sql(self._t)
+        try:
+            params = conninfo_to_dict(config.dsn)
+        except psycopg.Error as e:
+            raise StoreError(f"invalid PostgreSQL dsn: {e}".splitlines()[0]) from e
+        where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
+        self._pool = ConnectionPool(config.dsn, min_size=1, max_size=config.pool_max,
+                                    kwargs={"connect_timeout": 10}, configure=_configure,
+                                    timeout=30, open=False, name=f"streamrag-{self.table}")
+        try:
+            _probe(config.dsn)  # retried with backoff for ~20 s, and tells why it failed
+            self._pool.open(wait=True, timeout=20)
+        except psycopg.Error as e:
+            self._pool.close()
+            raise StoreError(f"cannot reach PostgreSQL at {where}: {e}".splitlines()[0]) from e
+
+    @_one_line
+    def ensure(self, dim: int) -> None:
+        with self._pool.connection() as conn:
+            # Serialize concurrent ensure() calls: CREATE ... IF NOT EXISTS can still race.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"streamrag:{self.table}"])
+            row = conn.execute(
+                "SELECT (SELECT atttypmod FROM pg_attribute WHERE attrelid = r AND attname ="
+                " 'embedding' AND NOT attisdropped) FROM to_regclass(%s) r WHERE r IS NOT NULL",
+                [self.table]).fetchone()
+            if row is not None and row[0] != dim:  # the table exists: its dim must match
+                raise StoreError(f"table {self.table} holds {row[0]}-dim vectors, not {dim}:"
+                                 " use another table or re-index with the same model")
+            conn.execute(sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {t} (chunk_id text PRIMARY KEY,"
+                " embedding vector({dim}) NOT NULL, doc_id text, version bigint, position int,"
+                " span_start int, span_end int, text text, content_hash text, source text,"
+                " title text, metadata jsonb, model_id text, source_ts_ms bigint,"
+                " indexed_at_ms bigint)").format(t=self._t, dim=sql.Literal(int(dim))))
+            conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (doc_id)").format(
+                i=_index_name(self.table, "doc_id"), t=self._t))
+            conn.execute(sql.SQL(
+                "CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops)"
+            ).format(i=_index_name(self.table, "hnsw"), t=self._t))
+
+    @_one_line
+    def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
+        if not records:
+            return
+        now = int(time.time() * 1000)
+        rows = [_row(r, now) for r in records]
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            cur.executemany(self._upsert_sql, rows)  # pipelined; HNSW upkeep dominates
+
+    @_one_line
+    def trim(self, doc_id: str, from_position: int, below_version: int) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(sql.SQL("DELETE FROM {t} WHERE doc_id = %s AND position >= %s AND"
+                                 " version < %s").format(t=self._t),
+                         [doc_id, from_position, below_version])
+
+    @_one_line
+    def delete(self, chunk_ids: Sequence[str]) -> None:
+        if chunk_ids:
+            with self._pool.connection() as conn:
+                conn.execute(sql.SQL("DELETE FROM {t} WHERE chunk_id = ANY(%s)").format(
+                    t=self._t), [list(chunk_ids)])
+
+    @_one_line
+    def search(self, vector: Sequence[float], k: int, filters: Filters | None = None
+               ) -> list[SearchHit]:
+        if k <= 0:
+            return []
+        where, params = _where(filters)
+        params.update(v=np.asarray(vector, dtype=np.float32), k=k)
+        query = sql.SQL("SELECT 1 - (embedding <=> %(v)s), {cols} FROM {t} {where}"
+                        " ORDER BY embedding <=> %(v)s LIMIT %(k)s").format(
+            cols=_cols(["chunk_id", *_SCALARS]), t=self._t, where=where)
+        with self._pool.connection() as conn:
+            # Filtered HNSW scans go on until k rows match, still in exact distance order.
+            conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true),"
+                         " set_config('hnsw.ef_search', %s, true)", [str(min(max(k, 40), 1000))])
+            rows = conn.execute(query, params).fetchall()
+        return [SearchHit(float(row[0]), _stored(row[1:])) for row in rows]
+
+    @_one_line
+    def get(self, chunk_ids: Sequence[str], with_vectors: bool = False) -> list[StoredChunk]:
+        if not chunk_ids:
+            return []
+        cols = ["chunk_id", *_SCALARS] + (["embedding"] if with_vectors else [])
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql.SQL("SELECT {cols} FROM {t} WHERE chunk_id = ANY(%s)").format(
+                cols=_cols(cols), t=self._t), [list(chunk_ids)]).fetchall()
+        order = {cid: i for i, cid in enumerate(chunk_ids)}
+        return sorted((_stored(r) for r in rows), key=lambda c: order[c.chunk_id])
+
+    @_one_line
+    def doc_chunk_ids(self, doc_id: str) -> list[str]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql.SQL("SELECT chunk_id FROM {t} WHERE doc_id = %s ORDER BY"
+                                        " chunk_id").format(t=self._t), [doc_id]).fetchall()
+        return [r[0] for r in rows]
+
+    @_one_line
+    def count(self) -> int:
+        with self._pool.connection() as conn:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(t=self._t)).fetchone()
+        return int(row[0]) if row else 0
+
+    @_one_line
+    def all_ids(self) -> list[str]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql.SQL("SELECT chunk_id FROM {t} ORDER BY chunk_id").format(
+                t=self._t)).fetchall()
+        return [r[0] for r in rows]
+
+    def flush(self) -> None:
+        """Nothing to do: a committed write is visible to every later query."""
+
+    @_one_line
+    def drop(self) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=self._t))
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+@retry(retry=retry_if_exception_type(psycopg.OperationalError), reraise=True,
+       wait=wait_exponential(multiplier=0.2, max=3), stop=stop_after_delay(20))
+def _probe(dsn: str) -> None:
+    with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
+        if TypeInfo.fetch(conn, "vector") is None:
+            raise StoreError(f"the vector extension is not installed in database {conn.info.dbname}"
+                             ": run CREATE EXTENSION vector")
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    register_vector(conn)
+    conn.commit()  # the pool wants connections back idle, not inside the type lookup's txn
+
+
+def _upsert_sql(t: sql.Identifier) -> sql.Composed:
+    content = [sql.Identifier(c) for c in _COLUMNS[1:-1]]  # all but chunk_id, indexed_at_ms
+    return sql.SQL(
+        "INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT (chunk_id) DO UPDATE SET {sets}"
+        " WHERE {t}.version <= EXCLUDED.version AND ({old}) IS DISTINCT FROM ({new})").format(
+        t=t, cols=_cols(_COLUMNS), vals=sql.SQL(", ").join(sql.Placeholder() * len(_COLUMNS)),
+        sets=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+                                for c in _COLUMNS[1:]),
+        old=sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=t, c=c) for c in content),
+        new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{c}").format(c=c) for c in content))
+
+
+def _index_name(table: str, suffix: str) -> sql.Identifier:
+    name = f"{table}_{suffix}"
+    if len(name) > 63:  # PostgreSQL would truncate it silently, and truncations can collide
+        name = f"{table[:48]}_{hashlib.sha1(table.encode()).hexdigest()[:6]}_{suffix}"
+    return sql.Identifier(name)
+
+
+def _cols(names: Sequence[str]) -> sql.Composable:
+    return sql.SQL(", ").join(map(sql.Identifier, names))
+
+
+def _where(filters: Filters | None) -> tuple[sql.Composable, dict[str, Any]]:
+    if filters is None or not (filters.fields or filters.metadata):
+        return sql.SQL(""), {}
+    clauses: list[sql.Composable] = []
+    params: dict[str, Any] = {}
+    for i, (name, value) in enumerate(sorted(filters.fields.items())):
+        clauses.append(sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(f"f{i}")))
+        params[f"f{i}"] = value
+    if filters.metadata:
+        clauses.append(sql.SQL("metadata @> %(m)s"))
+        params["m"] = Jsonb(dict(filters.metadata))
+    return sql.SQL("WHERE ") + sql.SQL(" AND ").join(clauses), params
+
+
+def _row(record: EmbeddingRecord, now_ms: int) -> tuple[Any, ...]:
+    c = record.chunk
+    if record.vector is None:
+        raise StoreError(f"chunk {c.chunk_id} has no vector: cannot upsert it")
+    return (c.chunk_id, np.asarray(record.vector, dtype=np.float32), c.doc_id, c.version,
+            c.position, c.start, c.end, c.text, c.content_hash, c.source, c.title,
+            Jsonb(c.metadata), record.model_id, c.source_ts_ms, now_ms)
+
+
+def _stored(row: Sequence[Any]) -> StoredChunk:
+    vector = row[14] if len(row) > 14 else None
+    return StoredChunk(
+        chunk_id=row[0], doc_id=row[1], version=row[2], position=row[3], start=row[4],
+        end=row[5], text=row[6], content_hash=row[7], source=row[8], title=row[9] or None,
+        metadata=row[10] or {}, model_id=row[11], source_ts_ms=row[12], indexed_at_ms=row[13],
+        vector=[float(x) for x in vector.to_list()] if vector is not None else None,
+    )

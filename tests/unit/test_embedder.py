@@ -1,0 +1,173 @@
+"""Embedder: one batched model call for new content, cached vectors for known content."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from jobs.chunking.planner import chunk_id, content_hash, trim_key
+from jobs.embedding.embedder import Embedder
+from jobs.embedding.model import model_dimension, model_fit_checker, resolve_model
+from streamrag.records import ChunkRecord, EmbeddingRecord
+
+MODEL = "test-model"
+
+
+class FakeEncoder:
+    """Records every encode call; the vector of a text is [len(text), number of 'a's]."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.kwargs: list[dict] = []
+
+    def encode(self, sentences: list[str], **kwargs: object) -> Sequence[Sequence[float]]:
+        self.calls.append(list(sentences))
+        self.kwargs.append(kwargs)
+        return [[float(len(s)), float(s.count("a"))] for s in sentences]
+
+
+def chunk(text: str, position: int = 0, doc: str = "d") -> ChunkRecord:
+    return ChunkRecord(chunk_id=chunk_id(doc, position), doc_id=doc, version=1, op="upsert",
+                       position=position, text=text, content_hash=content_hash(text))
+
+
+def trim(doc: str = "d", position: int = 0) -> ChunkRecord:
+    return ChunkRecord(chunk_id=trim_key(doc), doc_id=doc, version=2, op="trim",
+                       position=position)
+
+
+@pytest.fixture
+def encoder() -> FakeEncoder:
+    return FakeEncoder()
+
+
+def test_new_chunks_are_embedded_in_one_call_in_input_order(encoder):
+    embedder = Embedder(encoder, MODEL, batch_size=8)
+
+    out = embedder.embed([chunk("bb", 0), chunk("a", 1), chunk("ccc", 2)])
+
+    assert len(encoder.calls) == 1
+    assert sorted(encoder.calls[0]) == ["a", "bb", "ccc"]
+    assert [r.vector for r in out] == [[2.0, 0.0], [1.0, 1.0], [3.0, 0.0]]
+    assert [r.chunk.position for r in out] == [0, 1, 2]
+    assert all(r.embedded and r.model_id == MODEL for r in out)
+
+
+def test_model_is_asked_for_normalized_vectors_in_configured_batches(encoder):
+    Embedder(encoder, MODEL, batch_size=8).embed([chunk("x")])
+
+    assert encoder.kwargs[0]["normalize_embeddings"] is True
+    assert encoder.kwargs[0]["batch_size"] == 8
+
+
+def test_duplicate_texts_in_one_batch_are_encoded_once(encoder):
+    embedder = Embedder(encoder, MODEL)
+
+    out = embedder.embed([chunk("same", 0, "d1"), chunk("same", 0, "d2")])
+
+    assert encoder.calls == [["same"]]
+    assert out[0].vector == out[1].vector
+
+
+def test_known_content_is_reused_without_calling_the_model(encoder):
+    embedder = Embedder(encoder, MODEL)
+    first = embedder.embed([chunk("alpha")])
+
+    again = embedder.embed([chunk("alpha", 5, "other")])
+
+    assert len(encoder.calls) == 1
+    assert again[0].vector == first[0].vector
+    assert again[0].embedded is False
+    assert (embedder.embedded, embedder.reused) == (1, 1)
+
+
+def test_only_new_content_goes_to_the_model(encoder):
+    embedder = Embedder(encoder, MODEL)
+    embedder.embed([chunk("alpha", 0), chunk("beta", 1)])
+
+    out = embedder.embed([chunk("alpha", 0), chunk("BETA", 1)])
+
+    assert encoder.calls[-1] == ["BETA"]
+    assert [r.embedded for r in out] == [False, True]
+
+
+def test_trim_markers_pass_through_without_a_model_call(encoder):
+    embedder = Embedder(encoder, MODEL)
+
+    out = embedder.embed([trim()])
+
+    assert encoder.calls == []
+    assert out == [EmbeddingRecord(chunk=trim(), model_id=MODEL)]
+    assert out[0].vector is None
+
+
+def test_trim_keeps_its_place_after_the_upserts(encoder):
+    out = Embedder(encoder, MODEL).embed([chunk("a", 0), trim(position=1)])
+
+    assert [r.chunk.op for r in out] == ["upsert", "trim"]
+
+
+def test_vectors_passed_as_known_are_used_instead_of_the_model(encoder):
+    embedder = Embedder(encoder, MODEL)
+
+    out = embedder.embed([chunk("alpha")], known={content_hash("alpha"): [0.5, 0.5]})
+
+    assert encoder.calls == []
+    assert out[0].vector == [0.5, 0.5] and out[0].embedded is False
+
+
+def test_cache_is_bounded_and_evicts_the_least_recently_used(encoder):
+    embedder = Embedder(encoder, MODEL, cache_entries=2)
+    embedder.embed([chunk("a")])
+    embedder.embed([chunk("b")])
+    embedder.embed([chunk("a")])  # touch "a": "b" is now the oldest
+    embedder.embed([chunk("c")])  # evicts "b"
+
+    embedder.embed([chunk("a")])
+    embedder.embed([chunk("b")])
+
+    assert encoder.calls == [["a"], ["b"], ["c"], ["b"]]
+
+
+def test_empty_batch_does_not_call_the_model(encoder):
+    assert Embedder(encoder, MODEL).embed([]) == []
+    assert encoder.calls == []
+
+
+def test_embed_query_encodes_one_text(encoder):
+    assert Embedder(encoder, MODEL).embed_query("aa?") == [3.0, 2.0]
+    assert encoder.calls == [["aa?"]]
+
+
+def test_embedding_record_round_trips_through_json(encoder):
+    record = Embedder(encoder, MODEL).embed([chunk("alpha")])[0]
+
+    assert EmbeddingRecord.from_json(record.to_json()) == record
+
+
+# the bundled model's files (no torch needed)
+
+
+def test_bundled_model_has_384_dimensions_and_256_word_pieces():
+    ref = resolve_model("bundled")
+    fits, max_len = model_fit_checker(ref)
+
+    assert ref.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert model_dimension(ref) == 384
+    assert max_len == 256
+    assert fits("short text")
+    assert not fits("word " * 300)
+
+
+def test_fit_checker_counts_special_tokens():
+    fits, max_len = model_fit_checker(resolve_model("bundled"))
+
+    assert fits("a " * (max_len - 2))  # [CLS] + 254 pieces + [SEP] = 256
+    assert not fits("a " * (max_len - 1))
+
+
+def test_other_model_names_resolve_to_themselves():
+    ref = resolve_model("/models/custom")
+
+    assert (ref.path, ref.model_id) == ("/models/custom", "/models/custom")
