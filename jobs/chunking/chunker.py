@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+import zlib
 from functools import cache
 
 import tiktoken
@@ -18,6 +19,7 @@ import tiktoken
 # Break priorities of a token boundary; FORCED ends the chunk before a heading.
 FORCED, BLANK_LINE, LINE, SENTENCE, SPACE, TOKEN = 5, 4, 3, 2, 1, 0
 _SHRINK = 0.8  # window factor when the model's tokenizer says a chunk is too long
+ANCHOR_EVERY = 3  # about one boundary in three is an anchor
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,7 @@ class Chunker:
     def _chunk_end(self, text: str, bounds: list[int], i: int, n: int) -> int:
         limit = min(n, i + self.max_tokens)
         while True:
-            j = _best_break(text, bounds, i, limit, n, min_end=i + max(1, (limit - i) // 4))
+            j = _best_break(text, bounds, i, limit, n, min_end=i + max(1, (limit - i) // 2))
             if j - i <= 1 or self._fits_model(text[bounds[i] : bounds[j]]):
                 return j
             limit = i + max(1, int((j - i) * _SHRINK))
@@ -91,18 +93,30 @@ class Chunker:
 
 def _best_break(text: str, bounds: list[int], i: int, limit: int, n: int, min_end: int) -> int:
     """Token index in (i, limit] to end the chunk at: a forced break, else the end of
-    text if within reach, else the latest boundary of the highest priority at or after
-    ``min_end`` (so that a blank line near the start does not make a tiny chunk)."""
-    best, best_priority = limit, -1
+    text if within reach, else a boundary of the highest priority at or after ``min_end``.
+
+    Among those, the first *anchor* wins (a boundary whose following text hashes to
+    0 mod ANCHOR_EVERY), else the one that hashes highest: the choice depends on the
+    content around a boundary, not on where the chunk started, so after an edit the
+    chunk boundaries fall back into step within a chunk or two (content-defined
+    chunking, as in deduplicating backup tools)."""
+    candidates: list[tuple[int, int]] = []  # (k, hash) of the best priority seen
+    best_priority = -1
     for k in range(i + 1, limit + 1):
         if k == n:
             return n
         priority = _priority(text, bounds[k])
         if priority == FORCED:
             return k
-        if k >= min_end and priority >= best_priority:
-            best, best_priority = k, priority
-    return best
+        if k < min_end or priority < best_priority:
+            continue
+        if priority > best_priority:
+            best_priority, candidates = priority, []
+        candidates.append((k, zlib.crc32(text[bounds[k] : bounds[k] + 48].encode())))
+    if not candidates:
+        return limit
+    anchors = [k for k, h in candidates if h % ANCHOR_EVERY == 0]
+    return anchors[0] if anchors else max(candidates, key=lambda c: c[1])[0]
 
 
 def _priority(text: str, pos: int) -> int:

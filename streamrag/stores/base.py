@@ -61,7 +61,7 @@ class Filters:
             if name not in FILTER_FIELDS:
                 raise StoreError(f"cannot filter on {name!r}: use one of {sorted(FILTER_FIELDS)}")
         for key in self.metadata:
-            if not METADATA_KEY.match(key):
+            if not METADATA_KEY.fullmatch(key):
                 raise StoreError(f"metadata filter key {key!r} must be a plain identifier")
 
 

@@ -93,7 +93,9 @@ class MilvusStore:
         result = self._client.search(
             self.collection, data=[list(vector)], limit=k, filter=_filter_expression(filters),
             output_fields=_SCALARS,
-            search_params={"metric_type": "COSINE"},
+            # HNSW's default ef (64) loses matches under selective filters (Milvus Lite
+            # prunes during traversal): explore at least 256 candidates, and never < k.
+            search_params={"metric_type": "COSINE", "params": {"ef": max(k, 256)}},
         )
         return [SearchHit(float(hit["distance"]), _stored(hit["entity"], hit["chunk_id"]))
                 for hit in result[0]]

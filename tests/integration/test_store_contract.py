@@ -188,6 +188,20 @@ def test_filters_restrict_results(store):
     assert store.search(query, k=20, filters=Filters(metadata={"lang": "fr"})) == []
 
 
+def test_selective_filters_find_every_match_in_an_indexed_collection(store):
+    # Two flushed batches: Milvus searches two indexed segments, where HNSW with its
+    # default ef (64) used to drop filtered matches (182 of 200 here).
+    for batch in range(2):
+        write(store, [rec(i, doc=f"doc{i % 10}", cid=f"c{batch}-{i}", n=i, lang="en")
+                      for i in range(1000)])
+    query = rec(0, doc="doc0").vector
+    hits = store.search(query, k=10, filters=Filters(metadata={"n": 777}))
+    assert sorted(h.chunk.chunk_id for h in hits) == ["c0-777", "c1-777"]
+    hits = store.search(query, k=300, filters=Filters(fields={"doc_id": "doc3"}))
+    assert len(hits) == 200 and {h.chunk.doc_id for h in hits} == {"doc3"}
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
 @pytest.mark.parametrize("value", INJECTIONS)
 def test_injection_in_filter_values_matches_nothing(store, value):
     # Chunk ids are UUIDs in the pipeline; here a plain one. pymilvus quotes ids for

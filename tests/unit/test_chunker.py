@@ -92,14 +92,7 @@ def test_prefers_paragraph_breaks_over_sentence_breaks():
     [
         lambda p: p.replace("explains", "clearly explains", 1),
         lambda p: p + " An extra sentence makes this paragraph noticeably longer than before.",
-        pytest.param(
-            lambda p: p[:20],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="greedy packing: shrinking a paragraph pulls every later paragraph of "
-                "the section forward, so all chunks up to the next heading change (3 here)",
-            ),
-        ),
+        lambda p: p[:20],
     ],
     ids=["word", "append", "truncate"],
 )
