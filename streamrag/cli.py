@@ -104,6 +104,24 @@ def query(
         typer.echo(format_hit(rank, hit))
 
 
+@app.command()
+def migrate(
+    dsn: Annotated[str | None, typer.Option(
+        help="libpq DSN of the source database, password from PGPASSWORD/PGPASSFILE "
+             "(default: the local stack's).")] = None,
+) -> None:
+    """Create the CDC source schema (sql/source/*.sql, idempotent)."""
+    from streamrag.migrate import MigrationError
+    from streamrag.migrate import migrate as apply_migrations
+
+    try:
+        applied = apply_migrations(settings(), dsn)
+    except MigrationError as e:
+        typer.echo(f"streamrag: error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
 def _key_value(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -115,8 +133,16 @@ def _mount_optional_apps() -> None:
     try:
         from streamrag.stack import app as stack_app
     except ImportError:
+        pass
+    else:
+        app.add_typer(stack_app, name="stack",
+                      help="Local services: Kafka, Connect, PostgreSQL, Milvus Lite.")
+    try:
+        from connect.cli import app as connect_app
+    except ImportError:
         return
-    app.add_typer(stack_app, name="stack", help="Local services: Kafka, Connect, PostgreSQL, Milvus Lite.")
+    app.add_typer(connect_app, name="connect",
+                  help="Kafka Connect connectors: Debezium PostgreSQL -> CDC topics.")
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -129,6 +155,12 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         from streamrag.stack import StackError
 
         errors.append(StackError)
+    except ImportError:
+        pass
+    try:
+        from connect.registry import ConnectError
+
+        errors.append(ConnectError)
     except ImportError:
         pass
     return tuple(errors)

@@ -42,8 +42,6 @@ class KafkaConfig(_Section):
     chunks_topic: str = "chunks"
     embeddings_topic: str = "embeddings"
     dead_letter_topic: str = "dead-letters"
-    # Debezium topics (prefix.schema.table) are read by the CDC mapping, see cdc config.
-    cdc_topics: list[str] = Field(default_factory=list)
     group_id: str = "streamrag-pipeline"
     partitions: Annotated[int, Field(gt=0, le=256)] = 2
 
@@ -105,6 +103,10 @@ class FlinkConfig(_Section):
     parallelism: Annotated[int, Field(gt=0, le=64)] = 1
     checkpoint_interval_ms: Annotated[int, Field(ge=500)] = 2000
     # Python bundles are flushed at this size/time; small values keep latency low.
+    # "process": Python workers in their own processes (default). "thread": embedded in
+    # the TaskManager JVM; lower overhead, but loading torch's native libraries inside
+    # the JVM was seen to deadlock here now and then.
+    python_execution_mode: Literal["process", "thread"] = "process"
     bundle_size: Annotated[int, Field(gt=0)] = 100
     bundle_time_ms: Annotated[int, Field(gt=0)] = 100
     jars_dir: Path = PROJECT_ROOT / ".work" / "jars" / "flink"
@@ -121,6 +123,39 @@ class StackConfig(_Section):
     milvus_port: int = 19530
 
 
+class CdcTableConfig(_Section):
+    """How the rows of one Debezium table topic become documents."""
+
+    # Primary-key columns; a composite key's values are joined with ":" in the doc id.
+    id_columns: Annotated[list[str], Field(min_length=1)]
+    # Joined with blank lines; NULL columns are left out.
+    text_columns: Annotated[list[str], Field(min_length=1)]
+    title_column: str | None = None
+    metadata_columns: list[str] = Field(default_factory=list)
+    tenant_column: str | None = None
+    content_type: Literal["text", "markdown", "html"] = "text"
+
+
+def _default_cdc_tables() -> dict[str, CdcTableConfig]:
+    return {
+        "cdc.kb.articles": CdcTableConfig(
+            id_columns=["id"], text_columns=["title", "body"], title_column="title",
+            metadata_columns=["tags"], tenant_column="tenant",
+            content_type="markdown"),
+        "cdc.kb.faq": CdcTableConfig(
+            id_columns=["tenant", "slug"], text_columns=["question", "answer"],
+            title_column="question", tenant_column="tenant"),
+    }
+
+
+class CdcConfig(_Section):
+    # Keyed by Debezium topic (<topic.prefix>.<schema>.<table>). The ingest job reads
+    # exactly these topics: this map is the one list of CDC topics.
+    tables: dict[str, CdcTableConfig] = Field(default_factory=_default_cdc_tables)
+    # Kafka Connect REST; default: the local stack's worker (stack.connect_port).
+    connect_url: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMRAG_", env_nested_delimiter="__", extra="forbid"
@@ -132,6 +167,7 @@ class Settings(BaseSettings):
     store: StoreConfig = Field(default_factory=MilvusConfig)
     flink: FlinkConfig = Field(default_factory=FlinkConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
+    cdc: CdcConfig = Field(default_factory=CdcConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -171,7 +207,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         data = loaded or {}
     for dotted, value in overrides.items():
         section, _, key = dotted.partition("__")
-        data.setdefault(section, {})[key] = value
+        if not isinstance(data.get(section), dict):  # missing, or `section:` left empty
+            data[section] = {}
+        data[section][key] = value
     try:
         return Settings(**data)
     except ValidationError as e:

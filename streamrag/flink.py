@@ -38,7 +38,8 @@ def create_context(settings: Settings, job_name: str) -> FlinkContext:
             f"no Flink Kafka connector jar in {settings.flink.jars_dir}: run `make jars`"
         )
     # Thread-mode Python runs embedded in the JVM that PyFlink starts from this process;
-    # it only sees the venv (pemja, our packages) through PYTHONPATH.
+    # it only sees the venv (pemja, our packages) through PYTHONPATH. Process-mode
+    # workers are started from the same environment and find the project the same way.
     paths = [str(PROJECT_ROOT), *site.getsitepackages()]
     os.environ["PYTHONPATH"] = os.pathsep.join(
         paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -48,7 +49,7 @@ def create_context(settings: Settings, job_name: str) -> FlinkContext:
     conf.set_string("restart-strategy.fixed-delay.attempts", str(settings.flink.restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
     conf.set_string("pipeline.jars", ";".join(j.resolve().as_uri() for j in jars))
-    conf.set_string("python.execution-mode", "thread")
+    conf.set_string("python.execution-mode", settings.flink.python_execution_mode)
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
     conf.set_string("python.fn-execution.bundle.size", str(settings.flink.bundle_size))

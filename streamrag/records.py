@@ -77,7 +77,11 @@ class ChunkRecord:
 
     @classmethod
     def from_json(cls, raw: str) -> ChunkRecord:
-        return cls(**_known_fields(cls, json.loads(raw)))
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChunkRecord:
+        return cls(**_known_fields(cls, data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +108,11 @@ class EmbeddingRecord:
 
     @classmethod
     def from_json(cls, raw: str) -> EmbeddingRecord:
-        data = json.loads(raw)
-        chunk = ChunkRecord(**_known_fields(ChunkRecord, data["chunk"]))
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbeddingRecord:
+        chunk = ChunkRecord.from_dict(data["chunk"])
         return cls(
             chunk=chunk,
             model_id=data.get("model_id", ""),

@@ -73,22 +73,32 @@ class Chunker:
         bounds = [*starts, len(text)]  # bounds[k]: char where token k starts
         spans: list[Span] = []
         i, n = 0, len(tokens)
+        j = 0
         while i < n:
-            j = self._chunk_end(text, bounds, i, n)
+            j = self._chunk_end(text, bounds, i, n, after=j)
             span = _trimmed(text, bounds[i], bounds[j])
-            if span:
+            if span and (not spans or span.end > spans[-1].end):  # else inside the last one
                 spans.append(span)
             overlap = 0 if j >= n or _priority(text, bounds[j]) == FORCED else self.overlap_tokens
             i = max(i + 1, j - overlap)
         return spans
 
-    def _chunk_end(self, text: str, bounds: list[int], i: int, n: int) -> int:
+    def _chunk_end(self, text: str, bounds: list[int], i: int, n: int, after: int) -> int:
+        """End (token index) of the chunk that starts at token ``i``: past ``after`` (the
+        previous chunk's end, so that with overlap no chunk lies inside the one before)
+        and, re-counted as text, within both budgets."""
         limit = min(n, i + self.max_tokens)
         while True:
-            j = _best_break(text, bounds, i, limit, n, min_end=i + max(1, (limit - i) // 2))
-            if j - i <= 1 or self._fits_model(text[bounds[i] : bounds[j]]):
+            min_end = max(i + max(1, (limit - i) // 2), min(after + 1, limit))
+            j = _best_break(text, bounds, i, limit, n, min_end)
+            if j - i <= 1 or self._fits(text[bounds[i] : bounds[j]].strip()):
                 return j
-            limit = i + max(1, int((j - i) * _SHRINK))
+            limit = i + max(1, min(j - i - 1, int((j - i) * _SHRINK)))
+
+    def _fits(self, chunk: str) -> bool:
+        # Token windows are counted on the whole text; a span on its own can encode to a
+        # token or two more (a word losing its leading space, an emoji cut in half).
+        return self.count_tokens(chunk) <= self.max_tokens and self._fits_model(chunk)
 
 
 def _best_break(text: str, bounds: list[int], i: int, limit: int, n: int, min_end: int) -> int:

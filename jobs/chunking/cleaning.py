@@ -18,6 +18,7 @@ _BLOCK_TAGS = frozenset(
     ["p", "div", "section", "article", "header", "footer", "aside", "nav", "main", "blockquote", "pre", "ul", "ol", "li", "dl", "dt", "dd", "table", "thead", "tbody", "tfoot", "tr", "caption", "figure", "figcaption", "form", "fieldset", "details", "summary", "address", "hr", "br"]
 )
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
+_CELL_TAGS = frozenset({"td", "th"})
 _DROP_TAGS = ("script", "style", "noscript", "template", "head", "svg")
 _SPACES = re.compile(r"[^\S\n]+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
@@ -42,8 +43,12 @@ def html_to_text(html: str) -> str:
         if not isinstance(tag, Tag):
             continue
         level = _HEADINGS.get(tag.name)
-        if level:
-            tag.insert(0, NavigableString("#" * level + " "))
+        if level:  # one line, whatever the source's line breaks inside the heading
+            heading = " ".join(tag.get_text().split())
+            tag.clear()
+            tag.append(NavigableString("#" * level + " " + heading))
+        elif tag.name in _CELL_TAGS:
+            tag.insert_after(NavigableString(" "))
         if level or tag.name in _BLOCK_TAGS:
             tag.insert_before(NavigableString("\n\n"))
             tag.insert_after(NavigableString("\n\n"))

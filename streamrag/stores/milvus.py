@@ -7,6 +7,7 @@ templates): a value can never end its string literal, so values never become cod
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from streamrag.stores.base import Filters, SearchHit, StoredChunk, StoreError
 
 _SCALARS = ["doc_id", "version", "position", "span_start", "span_end", "text", "content_hash",
             "source", "title", "metadata", "model_id", "source_ts_ms", "indexed_at_ms"]
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _transient = retry(
     retry=retry_if_exception_type((MilvusException, ConnectionError)),
     wait=wait_exponential(multiplier=0.2, max=5),
@@ -66,7 +68,8 @@ class MilvusStore:
     def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
         # Milvus has no conditional write; one reader-writer per document (Flink keys
         # by doc id) makes this read-then-write safe.
-        stored = self._client.get(self.collection, ids=[r.chunk.chunk_id for r in records],
+        stored = self._client.get(self.collection,
+                                  ids=_checked_ids([r.chunk.chunk_id for r in records]),
                                   output_fields=["version"])
         newer = {row["chunk_id"]: row["version"] for row in stored}
         now = int(time.time() * 1000)
@@ -85,7 +88,7 @@ class MilvusStore:
 
     @_transient
     def delete(self, chunk_ids: Sequence[str]) -> None:
-        self._client.delete(self.collection, ids=list(chunk_ids))
+        self._client.delete(self.collection, ids=_checked_ids(chunk_ids))
 
     @_transient
     def search(self, vector: Sequence[float], k: int, filters: Filters | None = None
@@ -105,7 +108,7 @@ class MilvusStore:
         if not chunk_ids:
             return []
         fields = _SCALARS + (["vector"] if with_vectors else [])
-        rows = self._client.get(self.collection, ids=list(chunk_ids), output_fields=fields)
+        rows = self._client.get(self.collection, ids=_checked_ids(chunk_ids), output_fields=fields)
         return [_stored(row, row["chunk_id"]) for row in rows]
 
     @_transient
@@ -141,6 +144,15 @@ class MilvusStore:
 @_transient
 def _connect(uri: str, token: str) -> MilvusClient:
     return MilvusClient(uri=uri, token=token)
+
+
+def _checked_ids(chunk_ids: Sequence[str]) -> list[str]:
+    """pymilvus quotes ids into an expression without escaping: allow only safe ids
+    (chunk ids are UUIDs)."""
+    bad = [i for i in chunk_ids if not _SAFE_ID.fullmatch(i)]
+    if bad:
+        raise StoreError(f"invalid chunk id {bad[0]!r}: letters, digits and . _ : - only")
+    return list(chunk_ids)
 
 
 def _row(record: EmbeddingRecord, now_ms: int) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def _one_line(fn: F) -> F:
 class PgvectorStore:
     def __init__(self, config: PgvectorConfig, table: str | None = None) -> None:
         self.table = table or config.table
-        if not TABLE_NAME.match(self.table):
+        if not TABLE_NAME.fullmatch(self.table):  # match() would let "t\n" through
             raise StoreError(f"table name {self.table!r} must match {TABLE_NAME.pattern}")
         self._t = sql.Identifier(self.table)
         self._upsert_sql = _upsert_sql(self._t)

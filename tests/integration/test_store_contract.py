@@ -272,7 +272,7 @@ def test_pgvector_rejects_another_dim(pg_config):
         store.close()
 
 
-@pytest.mark.parametrize("name", ["Bad", "t; drop table x", "1t", 'a"b', "x" * 64])
+@pytest.mark.parametrize("name", ["Bad", "t; drop table x", "1t", 'a"b', "x" * 64, "t_x\n"])
 def test_pgvector_rejects_bad_table_names(pg_config, name):
     with pytest.raises(StoreError, match="table name"):
         open_store(pg_config, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 
 import pytest
 
@@ -118,6 +119,42 @@ def test_a_megabyte_word_without_spaces_is_split_into_fitting_chunks():
     assert "".join(s.text for s in spans) == word
 
 
+def random_text(seed: int, pieces: list[str]) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice(pieces) for _ in range(800))
+
+
+EMOJI_AND_CJK = ["🚀", "✅", "😀", "🎉", "日本語", "テキスト", "word", "ok", ".", " "]
+IDENTIFIERS = ["Kafka", "Stream", "Config", "Factory", "Impl", "_", ".", "/", "=", "0", "42",
+               "x", "?", "&", "https://", "-", " "]
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        pytest.param(EMOJI_AND_CJK, id="emoji"),
+        pytest.param(IDENTIFIERS, id="identifiers"),
+    ],
+)
+def test_chunks_of_random_text_fit_max_tokens_when_recounted(pieces):
+    for seed in range(40):
+        text = random_text(seed, pieces)
+
+        spans = Chunker(ENC, max_tokens=50).split(text)
+
+        assert "".join(s.text for s in spans).replace(" ", "") == text.replace(" ", "")
+        assert all(tokens(s.text) <= 50 for s in spans), f"seed {seed}"
+
+
+def test_a_heading_is_not_left_alone_when_its_section_is_long():
+    text = f"# Title\n\n{prose(30)}"
+
+    spans = Chunker(ENC, max_tokens=100).split(text)
+
+    assert spans[0].text.startswith("# Title\n\nSentence 0")
+    assert tokens(spans[0].text) > 50
+
+
 def test_dense_technical_text_fits_the_bundled_models_word_pieces():
     fits, model_max = model_fit_checker(resolve_model("bundled"))
     lines = [
@@ -142,7 +179,24 @@ def test_overlap_makes_consecutive_chunks_share_text():
 
     assert len(spans) > 3
     assert all(b.start < a.end for a, b in zip(spans, spans[1:], strict=False))
-    assert all(a.start < b.start for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a.start < b.start and a.end < b.end for a, b in zip(spans, spans[1:], strict=False))
+
+
+def test_overlap_keeps_every_chunk_ending_after_the_previous_one():
+    text = "\n\n".join(prose(n, tag=f"p{p}-") for p, n in enumerate([5, 3, 6, 2, 4, 5, 3]))
+
+    spans = Chunker(ENC, max_tokens=100, overlap_tokens=40).split(text)
+
+    assert all(a.end < b.end for a, b in zip(spans, spans[1:], strict=False))
+    assert len(spans) <= 2 * tokens(text) // (100 - 40)
+
+
+def test_largest_allowed_overlap_never_repeats_a_chunk_end():
+    text = "\n\n".join(f"Part {p}\n\n" + prose(4 + p % 3, tag=f"p{p}-") for p in range(8))
+
+    spans = Chunker(ENC, max_tokens=100, overlap_tokens=49).split(text)
+
+    assert all(a.end < b.end for a, b in zip(spans, spans[1:], strict=False))
 
 
 def test_overlap_does_not_cross_a_heading():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from jobs.chunking.cleaning import clean, html_to_text, normalize
 
 
@@ -17,6 +19,20 @@ def test_html_list_items_are_separate_blocks():
     text = clean("<ul><li>alpha</li><li>beta</li></ul>", "html")
 
     assert text.split("\n\n") == ["alpha", "beta"]
+
+
+def test_pretty_printed_html_heading_stays_on_one_line():
+    html = "<h1>\n  Vector search\n</h1>\n<p>Body.</p>"
+
+    assert clean(html, "html") == "# Vector search\n\nBody."
+
+
+def test_html_table_cells_are_not_glued_together():
+    html = "<table><tr><th>Setting</th><th>Default</th></tr><tr><td>M</td><td>16</td></tr></table>"
+
+    words = clean(html, "html").split()
+
+    assert words == ["Setting", "Default", "M", "16"]
 
 
 def test_html_script_style_and_head_are_dropped():

@@ -185,3 +185,9 @@ def test_unknown_store_kind_is_rejected(tmp_path):
         load_settings(write(tmp_path, "store:\n  kind: redis\n"))
 
     assert_one_line(err)
+
+
+def test_override_into_an_empty_yaml_section_is_applied(tmp_path):
+    path = write(tmp_path, "chunking:\n")
+
+    assert load_settings(path, chunking__max_tokens=64).chunking.max_tokens == 64

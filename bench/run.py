@@ -1,0 +1,179 @@
+"""`make bench`: speed and memory figures, ending with one JSON line.
+
+Bench: build a corpus of 40 documents x ~50 chunks of ~200 tokens from samples/corpus
+  -> raw: SentenceTransformer.encode on exactly those chunk texts (same batch size and
+     torch threads as the job)
+  -> pipeline: produce to a fresh documents topic, run the ingest job (bounded, local
+     PyFlink), until every chunk is in the index; RSS of the job's processes sampled
+  -> edit: change one paragraph of one 50-chunk document, run again, count model calls
+
+Figures are measured in one run so that ratios compare like with like on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from jobs.chunking.cleaning import clean
+from jobs.chunking.stage import ChunkStage
+from jobs.embedding.model import load_model, model_fit_checker, resolve_model
+from streamrag.config import PROJECT_ROOT, Settings, load_settings
+from streamrag.kafka import ensure_topics, read_topic, send_all
+from streamrag.records import DocumentEvent, Origin
+from streamrag.stores import open_store
+
+DOCS, CHUNKS_PER_DOC, TORCH_THREADS = 40, 50, 2
+CLI = str(Path(sys.executable).with_name("streamrag"))
+
+
+def paragraphs() -> list[str]:
+    """Paragraphs of the sample corpus, headings dropped (so chunks fill their budget)."""
+    out = []
+    for path in sorted((PROJECT_ROOT / "samples" / "corpus").iterdir()):
+        kind = {".md": "markdown", ".html": "html"}.get(path.suffix, "text")
+        text = clean(path.read_text(encoding="utf-8"), kind)
+        out += [p for p in text.split("\n\n") if len(p) > 200 and not p.startswith("#")]
+    return out
+
+
+def corpus(stage: ChunkStage) -> list[dict]:
+    """DOCS documents of about CHUNKS_PER_DOC chunks; every paragraph made unique."""
+    pool, docs, k = paragraphs(), [], 0
+    for d in range(DOCS):
+        parts: list[str] = []
+        while True:
+            parts.append(f"Note {d}.{len(parts)}: {pool[k % len(pool)]}")
+            k += 1
+            if len(parts) % 10 == 0 and len(spans(stage, "\n\n".join(parts))) >= CHUNKS_PER_DOC:
+                break
+        docs.append({"id": f"bench/doc-{d:03}", "text": "\n\n".join(parts)})
+    return docs
+
+
+def spans(stage: ChunkStage, text: str) -> list[str]:
+    event = DocumentEvent(doc_id="x", version=1, source="b", origin=Origin("b", 0, 0), text=text)
+    return [s.text for s in stage.spans(event)]
+
+
+def raw_encode_rate(texts: list[str], batch_size: int) -> float:
+    model = load_model(resolve_model("bundled"), TORCH_THREADS)
+    model.encode(texts[:64], batch_size=batch_size, normalize_embeddings=True)  # warm up
+    start = time.perf_counter()
+    model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
+    return len(texts) / (time.perf_counter() - start)
+
+
+class RssSampler(threading.Thread):
+    """Peak summed RSS of a process and all its descendants (JVM, Python workers)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.peak_mb, self.done = psutil.Process(pid), 0.0, False
+
+    def run(self) -> None:
+        while not self.done:
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+                self.peak_mb = max(self.peak_mb, rss / 2**20)
+            except psutil.Error:
+                pass
+            time.sleep(0.5)
+
+
+def run_job(env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one bounded ingest run."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([CLI, "run", "--bounded"], env=env, cwd=PROJECT_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sampler = RssSampler(proc.pid)
+    sampler.start()
+    _, err = proc.communicate(timeout=3600)
+    sampler.done = True
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: the ingest job failed:\n{err[-2000:]}")
+    return time.perf_counter() - start, sampler.peak_mb
+
+
+def bench_settings() -> tuple[Settings, dict[str, str]]:
+    tag = uuid.uuid4().hex[:8]
+    overrides = {
+        "KAFKA__DOCUMENTS_TOPIC": f"bench{tag}-documents", "KAFKA__CHUNKS_TOPIC": f"bench{tag}-chunks",
+        "KAFKA__EMBEDDINGS_TOPIC": f"bench{tag}-embeddings",
+        "KAFKA__DEAD_LETTER_TOPIC": f"bench{tag}-dead-letters", "KAFKA__GROUP_ID": f"bench{tag}",
+        "STORE__COLLECTION": f"bench_{tag}", "FLINK__PARALLELISM": "1",
+        "EMBEDDING__TORCH_THREADS": str(TORCH_THREADS),
+    }
+    env = {**os.environ, **{f"STREAMRAG_{k}": v for k, v in overrides.items()}}
+    os.environ.update(env)
+    return load_settings(), env
+
+
+def main() -> None:
+    settings, env = bench_settings()
+    fits, max_len = model_fit_checker(resolve_model(settings.embedding.model))
+    stage = ChunkStage(settings.chunking, fits, max_len - 2)
+    docs = corpus(stage)
+    texts = [t for d in docs for t in spans(stage, d["text"])]
+    tokens = sum(stage.chunker.count_tokens(t) for t in texts) / len(texts)
+    print(f"corpus: {len(docs)} documents, {len(texts)} chunks, {tokens:.0f} tokens/chunk",
+          flush=True)
+
+    raw = raw_encode_rate(texts, settings.embedding.batch_size)
+    print(f"raw encode: {raw:.1f} chunks/s", flush=True)
+
+    ensure_topics(settings)
+    send_all(settings, settings.kafka.documents_topic, [(d["id"], json.dumps(d)) for d in docs])
+    wall, peak_mb = run_job(env)
+    store = open_store(settings.store)
+    count = store.count()
+    if count != len(texts):
+        raise SystemExit(f"bench: index holds {count} chunks, expected {len(texts)}")
+    stamps = sorted(c.indexed_at_ms for c in store.get(store.all_ids()))
+    steady = (len(texts) - 1) / max((stamps[-1] - stamps[0]) / 1000, 1e-3)
+    print(f"pipeline: {wall:.1f} s wall, {steady:.1f} chunks/s steady, peak RSS {peak_mb:.0f} MB",
+          flush=True)
+
+    edited = dict(docs[0])
+    paras = edited["text"].split("\n\n")
+    paras[len(paras) // 2] += " This sentence was added by an edit."
+    edited["text"] = "\n\n".join(paras)
+    embedded_before = count_embedded(settings)
+    send_all(settings, settings.kafka.documents_topic, [(edited["id"], json.dumps(edited))])
+    run_job(env)
+    edit_embedded = count_embedded(settings) - embedded_before
+    store.drop()
+    store.close()
+
+    figures = {
+        "chunks": len(texts),
+        "tokens_per_chunk": round(tokens),
+        "raw_encode_chunks_per_s": round(raw, 2),
+        "pipeline_chunks_per_s": round(steady, 2),
+        "pipeline_vs_raw": round(steady / raw, 3),
+        "pipeline_wall_s": round(wall, 1),
+        "pipeline_end_to_end_chunks_per_s": round(len(texts) / wall, 2),
+        "edit_embedded_chunks": edit_embedded,
+        "peak_rss_mb": round(peak_mb),
+    }
+    print(json.dumps(figures))
+
+
+def count_embedded(settings: Settings) -> int:
+    """Model calls recorded in the embeddings topic (records with embedded=true)."""
+    return sum(json.loads(m.value).get("embedded", False)
+               for m in read_topic(settings, settings.kafka.embeddings_topic, timeout_s=60)
+               if m.value)
+
+
+if __name__ == "__main__":
+    main()

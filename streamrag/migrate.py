@@ -1,0 +1,76 @@
+"""Apply the CDC source schema: ``sql/source/*.sql`` in name order, each file once.
+
+Every file is idempotent on its own (IF NOT EXISTS, OR REPLACE, DO blocks), so a file
+that failed half-way can simply run again. ``streamrag_migrations`` records each applied
+file with a checksum: a file edited after it was applied is refused, not silently
+skipped (add a new numbered file instead). An advisory lock serializes concurrent runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import psycopg
+
+from streamrag.config import PROJECT_ROOT, Settings
+
+SOURCE_DIR = PROJECT_ROOT / "sql" / "source"
+_LOCK_KEY = "streamrag_migrations"
+
+
+class MigrationError(Exception):
+    """The schema could not be applied; the message is one line for the user."""
+
+
+def migrate(settings: Settings, dsn: str | None = None) -> list[str]:
+    """CLI hook: apply the pending source files; returns their names.
+
+    ``dsn`` defaults to the local stack's PostgreSQL (password from its secrets dir).
+    """
+    if dsn is None:
+        from streamrag.stack import StackError, postgres_dsn
+
+        try:
+            dsn = postgres_dsn(settings)
+        except StackError as e:
+            raise MigrationError(str(e)) from e
+    return apply_migrations(dsn, SOURCE_DIR)
+
+
+def apply_migrations(dsn: str, directory: Path = SOURCE_DIR) -> list[str]:
+    """Apply the ``*.sql`` files of ``directory`` not yet recorded; returns their names."""
+    files = sorted(directory.glob("*.sql"))
+    if not files:
+        raise MigrationError(f"no .sql files in {directory}")
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            return _apply(conn, files)
+    except psycopg.Error as e:
+        raise MigrationError(f"migration failed: {e}".splitlines()[0]) from e
+
+
+def _apply(conn: psycopg.Connection, files: list[Path]) -> list[str]:
+    conn.execute("CREATE TABLE IF NOT EXISTS streamrag_migrations (name text PRIMARY KEY,"
+                 " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+    conn.commit()
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [_LOCK_KEY])
+    done = dict(conn.execute("SELECT name, checksum FROM streamrag_migrations").fetchall())
+    applied = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        checksum = hashlib.sha256(text.encode()).hexdigest()
+        if path.name in done:
+            if done[path.name] != checksum:
+                raise MigrationError(f"{path.name} changed after it was applied: "
+                                     "add a new numbered file instead of editing it")
+            continue
+        try:
+            conn.execute(text.encode())  # no parameters: may hold several statements
+        except psycopg.Error as e:
+            raise MigrationError(f"{path.name}: {e}".splitlines()[0]) from e
+        conn.execute("INSERT INTO streamrag_migrations (name, checksum) VALUES (%s, %s)",
+                     [path.name, checksum])
+        applied.append(path.name)
+    conn.commit()  # all files and their records at once, and the lock is released
+    return applied

@@ -1,0 +1,301 @@
+"""CDC end to end: PostgreSQL -> Debezium (Kafka Connect) -> Kafka -> PyFlink -> Milvus.
+
+One module-wide source per run: the real sql/source DDL under a unique schema, its own
+publication, slot, topic prefix and connector, all removed at the end. Every test waits
+for the Debezium events it needs (polling the topic), then runs the bounded job.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import string
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka.admin import AdminClient
+from conftest import Pipeline, make_pipeline  # tests/integration is on sys.path
+
+from connect.registry import (
+    DEFAULT_CONNECTOR_FILE,
+    ConnectError,
+    ConnectRegistry,
+    connect_url,
+    load_connector_file,
+)
+from jobs.chunking.cdc import UNAVAILABLE
+from jobs.chunking.planner import chunk_id
+from jobs.chunking.stage import ChunkStage
+from jobs.embedding.model import model_fit_checker, resolve_model
+from streamrag.config import PROJECT_ROOT, Settings
+from streamrag.kafka import read_topic
+from streamrag.migrate import migrate
+from streamrag.records import DocumentEvent, Origin
+from streamrag.stack import postgres_dsn
+
+pytestmark = pytest.mark.integration
+SMALL = "Log compaction keeps the latest record of every key. " * 4
+
+
+def toast_body(chars: int = 9000) -> str:
+    """Random words: pglz cannot compress them, so the value is stored out of line."""
+    rng = random.Random(7)
+    words = ("".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 9)))
+             for _ in range(chars // 6))
+    return " ".join(words)
+
+
+@dataclass
+class Cdc:
+    tag: str
+    schema: str
+    slot: str
+    name: str
+    config: dict[str, str]
+    dsn: str
+    registry: ConnectRegistry
+    pipeline: Pipeline
+
+    def topic(self, table: str) -> str:
+        return f"{self.config['topic.prefix']}.{self.schema}.{table}"
+
+    def sql(self, statement: str, params: tuple = ()) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(statement.replace("{s}", self.schema), params or None)
+
+    def events(self, table: str) -> list[tuple[dict, dict | None]]:
+        return [(json.loads(m.key), json.loads(m.value) if m.value else None)
+                for m in read_topic(self.pipeline.settings, self.topic(table), timeout_s=10)]
+
+    def wait_for(self, table: str, done: Callable[[list], bool], timeout: float = 90) -> list:
+        deadline = time.monotonic() + timeout
+        while not done(events := self.events(table)):
+            assert time.monotonic() < deadline, f"Debezium events missing in {table}: {events}"
+            time.sleep(0.5)
+        return events
+
+    def run(self) -> None:
+        self.pipeline.run()
+        ours = {self.topic("articles"), self.topic("faq")}
+        letters = [d for d in self.pipeline.dead_letters() if d["origin"]["topic"] in ours]
+        assert letters == []
+
+
+def has(op: str, **key: object) -> Callable[[list], bool]:
+    return lambda events: any(k == key and v and v["op"] == op for k, v in events)
+
+
+def expected_chunks(settings: Settings, doc_id: str, text: str, content_type: str) -> list[str]:
+    fits, max_len = model_fit_checker(resolve_model(settings.embedding.model))
+    event = DocumentEvent(doc_id=doc_id, version=1, source="t", origin=Origin("t", 0, 0),
+                          text=text, content_type=content_type)
+    return [span.text for span in ChunkStage(settings.chunking, fits, max_len - 2).spans(event)]
+
+
+def assert_indexed(cdc: Cdc, doc_id: str, text: str, content_type: str = "markdown") -> list:
+    texts = expected_chunks(cdc.pipeline.settings, doc_id, text, content_type)
+    store = cdc.pipeline.store()
+    try:
+        ids = [chunk_id(doc_id, i) for i in range(len(texts))]
+        assert sorted(store.doc_chunk_ids(doc_id)) == sorted(ids)
+        chunks = store.get(ids)
+    finally:
+        store.close()
+    assert [c.text for c in chunks] == texts
+    assert all(UNAVAILABLE not in c.text for c in chunks)
+    return chunks
+
+
+def assert_gone(cdc: Cdc, doc_id: str) -> None:
+    store = cdc.pipeline.store()
+    assert store.doc_chunk_ids(doc_id) == []
+    store.close()
+
+
+def drop_slot(dsn: str, slot: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(60):  # the slot stays active until the deleted task has stopped
+            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                               [slot]).fetchone()
+            if row is None:
+                return
+            if not row[0]:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+                return
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def cdc(stack: Settings) -> Iterator[Cdc]:
+    tag = uuid.uuid4().hex[:8]
+    schema, prefix, dsn = f"kb_{tag}", f"cdc_{tag}", postgres_dsn(stack)
+    ddl = (PROJECT_ROOT / "sql/source/001_articles.sql").read_text()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(re.sub(r"\bkb\b", schema, ddl).replace("streamrag_pub", f"pub_{tag}"))
+    defaults = stack.cdc.tables
+    tables = {f"{prefix}.{schema}.{t}": defaults[f"cdc.kb.{t}"].model_dump()
+              for t in ("articles", "faq")}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STREAMRAG_CDC__TABLES", json.dumps(tables))
+        pipeline = make_pipeline(stack, "milvus")
+    _, config = load_connector_file(DEFAULT_CONNECTOR_FILE, stack)
+    config.update({"slot.name": f"slot_{tag}", "publication.name": f"pub_{tag}",
+                   "topic.prefix": prefix, "table.include.list": f"{schema}.articles,{schema}.faq"})
+    world = Cdc(tag, schema, f"slot_{tag}", f"streamrag-test-{tag}", config, dsn,
+                ConnectRegistry(connect_url(stack)), pipeline)
+    world.sql("INSERT INTO {s}.articles (id, tenant, title, body, tags) VALUES"
+              " (1, 'acme', 'Compaction', %s, '{kafka}'), (2, 'acme', 'Big', %s, '{toast}'),"
+              " (3, 'globex', 'Doomed', %s, '{}')", (SMALL, toast_body(), SMALL))
+    world.sql("INSERT INTO {s}.faq VALUES ('acme', 'reset', 'How do I reset?', 'Click reset.'),"
+              " ('acme', 'rotate', 'How do I rotate keys?', 'Use the console.')")
+    try:
+        world.registry.apply(world.name, config)
+        world.registry.wait_running(world.name, 60)
+        yield world
+    finally:
+        world.registry.delete(world.name, missing_ok=True)
+        drop_slot(dsn, world.slot)
+        world.sql(f"DROP PUBLICATION IF EXISTS pub_{tag}; DROP SCHEMA IF EXISTS {{s}} CASCADE")
+        admin = AdminClient({"bootstrap.servers": stack.kafka.bootstrap})
+        topics = [*tables, f"__debezium-heartbeat.{prefix}"]
+        for future in admin.delete_topics(topics).values():
+            future.exception()
+        store = pipeline.store()
+        store.drop()
+        store.close()
+
+
+def test_snapshot_indexes_existing_rows(cdc):
+    cdc.wait_for("articles", lambda ev: sum(1 for _, v in ev if v and v["op"] == "r") == 3)
+    cdc.wait_for("faq", has("r", tenant="acme", slug="rotate"))
+    cdc.run()
+
+    (chunk, *_) = assert_indexed(cdc, f"{cdc.schema}.articles:1", f"Compaction\n\n{SMALL}")
+    assert chunk.source == f"{cdc.schema}.articles"
+    assert chunk.metadata == {"tags": ["kafka"], "tenant": "acme"}
+    assert chunk.version == 0 and chunk.title == "Compaction"
+    assert_indexed(cdc, f"{cdc.schema}.articles:2", f"Big\n\n{toast_body()}")
+    assert_indexed(cdc, f"{cdc.schema}.faq:acme:reset", "How do I reset?\n\nClick reset.", "text")
+
+
+def test_insert_update_delete_propagate(cdc):
+    new_body = "Debezium reads the write-ahead log. " * 30
+    cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body) VALUES (10, 'acme', 'New', %s)",
+            (new_body,))
+    cdc.sql("UPDATE {s}.articles SET body = 'Short now.' WHERE id = 1")
+    cdc.sql("DELETE FROM {s}.articles WHERE id = 3")
+    cdc.sql("INSERT INTO {s}.faq VALUES ('globex', 'sso', 'SSO?', NULL)")
+    cdc.sql("UPDATE {s}.faq SET answer = 'Press the reset button.' WHERE slug = 'reset'")
+    cdc.sql("DELETE FROM {s}.faq WHERE slug = 'rotate'")
+    cdc.wait_for("articles", lambda ev: has("c", id=10)(ev) and has("u", id=1)(ev)
+                 and (({"id": 3}, None) in ev))  # the delete's tombstone comes last
+    cdc.wait_for("faq", lambda ev: has("d", tenant="acme", slug="rotate")(ev)
+                 and has("c", tenant="globex", slug="sso")(ev))
+    cdc.run()
+
+    (chunk,) = assert_indexed(cdc, f"{cdc.schema}.articles:1", "Compaction\n\nShort now.")
+    assert chunk.version > 0  # the LSN of the update
+    assert_indexed(cdc, f"{cdc.schema}.articles:10", f"New\n\n{new_body}")
+    assert_gone(cdc, f"{cdc.schema}.articles:3")
+    assert_indexed(cdc, f"{cdc.schema}.faq:globex:sso", "SSO?", "text")
+    assert_indexed(cdc, f"{cdc.schema}.faq:acme:reset",
+                   "How do I reset?\n\nPress the reset button.", "text")
+    assert_gone(cdc, f"{cdc.schema}.faq:acme:rotate")
+
+
+def test_update_of_a_non_text_column_keeps_the_toasted_body(cdc):
+    with psycopg.connect(cdc.dsn) as conn:  # the body really is stored out of line
+        toast = conn.execute("SELECT reltoastrelid::regclass FROM pg_class WHERE oid = %s"
+                             "::regclass", [f"{cdc.schema}.articles"]).fetchone()[0]
+        assert conn.execute(f"SELECT count(*) FROM {toast}").fetchone()[0] > 0
+    cdc.sql("UPDATE {s}.articles SET tags = '{toast,updated}' WHERE id = 2")
+    cdc.wait_for("articles", lambda ev: any(
+        k == {"id": 2} and v and v["op"] == "u" and "updated" in v["after"]["tags"]
+        for k, v in ev))
+    cdc.run()
+
+    chunks = assert_indexed(cdc, f"{cdc.schema}.articles:2", f"Big\n\n{toast_body()}")
+    assert {tuple(c.metadata["tags"]) for c in chunks} == {("toast", "updated")}
+
+
+def test_applying_the_connector_twice_is_harmless(cdc):
+    assert cdc.registry.apply(cdc.name, cdc.config) is False  # updated in place, not created
+    status = cdc.registry.wait_running(cdc.name, 60)
+    assert len(status["tasks"]) == 1
+    cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body) VALUES (30, 'acme', 'T', 'B')")
+
+    events = cdc.wait_for("articles", has("c", id=30))
+    assert sum(1 for k, v in events if k == {"id": 1} and v and v["op"] == "r") == 1
+    assert sum(1 for k, v in events if k == {"id": 30}) == 1
+
+
+def test_restarted_connector_resumes_without_loss_or_duplicates(cdc):
+    cdc.registry.restart(cdc.name, include_tasks=True)
+    for i in range(20, 25):  # while the task stops and starts again
+        cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body)"
+                " VALUES (%s, 'acme', %s, %s)", (i, f"Doc {i}", f"Body of document {i}. " * 5))
+    cdc.sql("UPDATE {s}.articles SET title = 'Restarted' WHERE id = 1")
+    cdc.registry.wait_running(cdc.name, 60)
+    cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body) VALUES (29, 'acme', 'S', 'End')")
+
+    # Debezium emits in commit order: once the sentinel is there, so is any replay.
+    events = cdc.wait_for("articles", has("c", id=29))
+    for i in range(20, 25):
+        assert sum(1 for k, v in events if k == {"id": i}) == 1
+    assert sum(1 for k, v in events if v and v["after"] and v["after"]["title"] == "Restarted"
+               ) == 1
+    cdc.run()
+    for i in range(20, 25):
+        body = f"Body of document {i}. " * 5
+        assert_indexed(cdc, f"{cdc.schema}.articles:{i}", f"Doc {i}\n\n{body}")
+
+
+def test_wrong_password_is_one_clear_line(cdc, tmp_path: Path):
+    secret = tmp_path / "wrong.properties"
+    secret.write_text("password=not-the-password\n")
+    name = f"{cdc.name}-badpw"
+    config = {**cdc.config, "slot.name": f"{cdc.slot}_badpw",
+              "database.password": f"${{file:{secret}:password}}"}
+    try:
+        with pytest.raises(ConnectError) as err:
+            cdc.registry.apply(name, config)  # Debezium validates the login on PUT
+            cdc.registry.wait_running(name, 60)
+    finally:
+        cdc.registry.delete(name, missing_ok=True)
+    message = str(err.value)
+    assert "\n" not in message and "authentication failed" in message
+    assert "not-the-password" not in message
+
+
+def test_failed_task_is_reported_with_its_cause(cdc):
+    name = f"{cdc.name}-nopub"
+    config = {**cdc.config, "slot.name": f"{cdc.slot}_nopub",
+              "publication.name": f"missing_{cdc.tag}"}
+    try:
+        cdc.registry.apply(name, config)
+        with pytest.raises(ConnectError) as err:
+            cdc.registry.wait_running(name, 60)
+    finally:
+        cdc.registry.delete(name, missing_ok=True)
+        drop_slot(cdc.dsn, f"{cdc.slot}_nopub")
+    message = str(err.value)
+    assert "\n" not in message and "FAILED" in message and "ublication" in message
+
+
+def test_migrate_applies_the_source_schema_once(stack):
+    migrate(stack)
+    assert migrate(stack) == []
+    with psycopg.connect(postgres_dsn(stack)) as conn:
+        identities = dict(conn.execute(
+            "SELECT relname, relreplident FROM pg_class WHERE relnamespace = 'kb'::regnamespace"
+            " AND relkind = 'r'").fetchall())
+        published = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_publication_tables WHERE pubname = 'streamrag_pub'")}
+    assert identities == {"articles": "f", "faq": "d"}
+    assert published == {"articles", "faq"}
