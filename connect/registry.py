@@ -30,6 +30,9 @@ from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.kafka import KafkaUnavailable
 
 DEFAULT_CONNECTOR_FILE = PROJECT_ROOT / "connect" / "postgres-source.json"
+# With REPLICA IDENTITY FULL an update event carries the old and the new row: two copies
+# of a large body. Matches producer.override.max.request.size in postgres-source.json.
+CDC_MAX_MESSAGE_BYTES = 16 * 2**20
 _PLACEHOLDER = re.compile(r"\$\{(STREAMRAG_[A-Z0-9_]+)\}")
 _QUALIFIED = re.compile(r"\b(?:[a-z_$][\w$]*\.)+([A-Z][\w$]*(?:Exception|Error))")
 
@@ -211,7 +214,8 @@ def ensure_cdc_topics(settings: Settings) -> list[str]:
         existing = set(admin.list_topics(timeout=10).topics)
     except KafkaException as e:
         raise KafkaUnavailable(f"Kafka at {settings.kafka.bootstrap} is not reachable: {e}") from e
-    config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+    config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
+              "max.message.bytes": str(CDC_MAX_MESSAGE_BYTES)}
     new = [NewTopic(t, settings.kafka.partitions, 1, config=config)
            for t in topics if t not in existing]
     for future in (admin.create_topics(new).values() if new else []):

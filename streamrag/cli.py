@@ -118,7 +118,7 @@ def migrate(
         applied = apply_migrations(settings(), dsn)
     except MigrationError as e:
         typer.echo(f"streamrag: error: {e}", err=True)
-        raise typer.Exit(1) from None
+        raise SystemExit(1) from None  # typer.Exit is swallowed by standalone_mode=False
     typer.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 

@@ -13,6 +13,9 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from streamrag.config import Settings
 
 
+MAX_MESSAGE_BYTES = 16 * 2**20
+
+
 class KafkaUnavailable(Exception):
     """Kafka cannot be reached; the message is one line for the user."""
 
@@ -22,7 +25,10 @@ class KafkaUnavailable(Exception):
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     k = settings.kafka
     compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
-    topics = {t: compacted for t in (k.documents_topic, k.chunks_topic, k.embeddings_topic)}
+    topics = {t: compacted for t in (k.chunks_topic, k.embeddings_topic)}
+    # Documents may be large; the chunk stage sends oversized ones to the dead letters
+    # with a reason instead of the broker rejecting them at the door.
+    topics[k.documents_topic] = {**compacted, "max.message.bytes": str(MAX_MESSAGE_BYTES)}
     topics[k.dead_letter_topic] = {"cleanup.policy": "delete", "retention.ms": str(30 * 86400_000)}
     return topics
 
@@ -63,7 +69,7 @@ class RecordProducer:
     def __init__(self, settings: Settings) -> None:
         self._producer = Producer({
             "bootstrap.servers": settings.kafka.bootstrap, "enable.idempotence": True,
-            "linger.ms": 5, "message.timeout.ms": 60000,
+            "linger.ms": 5, "message.timeout.ms": 60000, "message.max.bytes": MAX_MESSAGE_BYTES,
         })
         self._errors: list[str] = []
 

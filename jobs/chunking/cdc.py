@@ -18,8 +18,8 @@ Versions (DESIGN.md invariant 2) must grow with every change of a row:
   the snapshot was taken writes before the snapshot LSN but commits after it; its change
   is streamed with an LSN *below* the snapshot's, so with the snapshot LSN as version
   that real update would be dropped as stale. Every streamed change beats 0. The cost: a
-  re-snapshot cannot overwrite a document the pipeline already holds; recover from a lost
-  slot by replaying into a new index generation.
+  later re-snapshot (new connector, lost slot) cannot overwrite a document the pipeline
+  already holds; recover from those by replaying into a new index generation.
 - Tombstones (null value) are skipped: the preceding "d" event already deleted the
   document with its LSN, and a tombstone has no LSN to give a delete a safe version.
 - Unchanged TOASTed values arrive as ``__debezium_unavailable_value``; the old value
@@ -69,7 +69,7 @@ def parse_cdc_record(
         return DocumentEvent(deleted=True, **common)
     after = _row(envelope, "after")
     before = envelope.get("before") if isinstance(envelope.get("before"), dict) else {}
-    row = {name: _resolve(name, after, before) for name in after}
+    row = {name: _resolve(name, after, before) for name in _used_columns(table) if name in after}
     return DocumentEvent(text=_text(row, table), title=_title(row, table),
                          content_type=table.content_type, metadata=_metadata(row, table),
                          **common)
@@ -136,6 +136,11 @@ def _doc_id(source: dict[str, Any], row: dict[str, Any], table: CdcTableConfig) 
     if len(values) > 1:
         values = [v.replace("%", "%25").replace(":", "%3A") for v in values]
     return f"{source['schema']}.{source['table']}:{':'.join(values)}"
+
+
+def _used_columns(table: CdcTableConfig) -> set[str]:
+    named = [table.title_column, table.tenant_column]
+    return {*table.text_columns, *table.metadata_columns, *(n for n in named if n)}
 
 
 def _resolve(name: str, after: dict[str, Any], before: dict[str, Any]) -> Any:

@@ -7,8 +7,10 @@ templates): a value can never end its string literal, so values never become cod
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,10 +142,81 @@ class MilvusStore:
     def close(self) -> None:
         self._client.close()
 
+    # Generations (streamrag.generations): the configured name may be an alias that
+    # serves one collection; every request resolves it on the server, so writers and
+    # readers through the name follow an alias swap without reopening.
+
+    @_transient
+    def resolve(self, name: str | None = None) -> str | None:
+        """The collection that ``name`` (default: this store's) serves: itself when it is
+        a collection, the aliased collection when it is an alias, None when missing."""
+        name = name or self.collection
+        if not self._client.has_collection(name):
+            return None
+        return str(self._client.describe_collection(name)["collection_name"])
+
+    @_transient
+    def properties(self, name: str) -> dict[str, str]:
+        props = self._client.describe_collection(name).get("properties") or {}
+        return {str(k): str(v) for k, v in props.items()}
+
+    @_transient
+    def set_properties(self, name: str, properties: dict[str, str]) -> None:
+        self._client.alter_collection_properties(name, properties=properties)
+
+    @_transient
+    def sample_model_id(self, name: str) -> str | None:
+        self._client.load_collection(name)  # a renamed collection is released
+        rows = self._client.query(name, filter="", output_fields=["model_id"], limit=1)
+        return str(rows[0]["model_id"]) if rows else None
+
+    def collection_names(self, prefix: str) -> list[str] | None:
+        """Collections whose name starts with ``prefix``; None when the server cannot list
+        them (Milvus Lite 3.2.2 fails ShowCollections with a protobuf mismatch)."""
+        quiet = logging.getLogger("pymilvus.decorators")  # it logs the failure as an ERROR
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            names = self._client.list_collections()
+        except MilvusException:
+            return None
+        finally:
+            quiet.setLevel(level)
+        return sorted(n for n in names if n.startswith(prefix))
+
+    @_transient
+    def point_alias(self, target: str) -> None:
+        """Serve ``target`` under this store's name in one alias operation (loaded first,
+        so no search ever hits a released collection)."""
+        self._client.load_collection(target)
+        if self.resolve() is None:
+            self._client.create_alias(target, self.collection)
+        else:
+            self._client.alter_alias(target, self.collection)
+
+    @_transient
+    def load(self, name: str) -> None:
+        self._client.load_collection(name)
+
+    def rename_collection(self, old: str, new: str) -> None:
+        """Rename (releases it in Milvus Lite: load it again before serving it)."""
+        self._client.rename_collection(old, new)
+
+    @_transient
+    def drop_collection(self, name: str) -> None:
+        self._client.drop_collection(name)
+
+    @_transient
+    def drop_alias(self) -> None:
+        self._client.drop_alias(self.collection)
+
 
 @_transient
 def _connect(uri: str, token: str) -> MilvusClient:
-    return MilvusClient(uri=uri, token=token)
+    # pymilvus shares one connection per (uri, token) by default and close() removes it
+    # for every client: one store's close() would cut off the others in this process
+    # (a generation opened during a replay, a Retriever, the index writer).
+    return MilvusClient(uri=uri, token=token, alias=f"streamrag-{uuid.uuid4().hex}")
 
 
 def _checked_ids(chunk_ids: Sequence[str]) -> list[str]:

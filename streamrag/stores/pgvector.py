@@ -4,6 +4,10 @@ The chunk id is the primary key, so upsert (INSERT ... ON CONFLICT DO UPDATE) is
 idempotent; it never replaces a newer version, and leaves an identical row (a replay)
 untouched, indexed_at_ms included, which spares the HNSW index a rewrite.
 The password never comes from config: libpq reads PGPASSWORD / PGPASSFILE.
+Generations (streamrag.generations): the configured table name may be a simple VIEW
+that serves one generation table. PostgreSQL rewrites reads and writes on such a view
+(auto-updatable, INSERT ... ON CONFLICT included) to the table, and a swap (CREATE OR
+REPLACE VIEW) waits for writes in flight: writers follow it without reopening.
 The table name is a validated identifier composed with ``sql.Identifier``; filter values
 are always bound parameters. Metadata filters use jsonb containment (``metadata @> %s``),
 so type and value must both match, as in Milvus (``"1"`` does not match ``1``).
@@ -38,6 +42,7 @@ from streamrag.config import PgvectorConfig
 from streamrag.records import EmbeddingRecord
 from streamrag.stores.base import Filters, SearchHit, StoredChunk, StoreError
 
+REGISTRY = "streamrag_generations"  # generations of each served name, see streamrag.generations
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SCALARS = ["doc_id", "version", "position", "span_start", "span_end", "text", "content_hash",
             "source", "title", "metadata", "model_id", "source_ts_ms", "indexed_at_ms"]
@@ -89,6 +94,9 @@ class PgvectorStore:
         with self._pool.connection() as conn:
             # Serialize concurrent ensure() calls: CREATE ... IF NOT EXISTS can still race.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"streamrag:{self.table}"])
+            if _relkind(conn, self.table) == "v":  # a generations view: the table exists
+                _check_dim(conn, self.table, dim)
+                return
             row = conn.execute(
                 "SELECT (SELECT atttypmod FROM pg_attribute WHERE attrelid = r AND attname ="
                 " 'embedding' AND NOT attisdropped) FROM to_regclass(%s) r WHERE r IS NOT NULL",
@@ -184,11 +192,23 @@ class PgvectorStore:
 
     @_one_line
     def drop(self) -> None:
+        """Drop the table; for a generations view, the view and all its generations."""
         with self._pool.connection() as conn:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=self._t))
+            if _relkind(conn, self.table) != "v":
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=self._t))
+                return
+            rows = conn.execute(f"DELETE FROM {REGISTRY} WHERE name = %s RETURNING table_name",
+                                [self.table]).fetchall()
+            conn.execute(sql.SQL("DROP VIEW {t}").format(t=self._t))
+            for (table,) in rows:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(t=sql.Identifier(table)))
 
     def close(self) -> None:
         self._pool.close()
+
+    def connection(self) -> Any:
+        """A pooled connection (context manager; commits on exit) for streamrag.generations."""
+        return self._pool.connection()
 
 
 @retry(retry=retry_if_exception_type(psycopg.OperationalError), reraise=True,
@@ -198,6 +218,21 @@ def _probe(dsn: str) -> None:
         if TypeInfo.fetch(conn, "vector") is None:
             raise StoreError(f"the vector extension is not installed in database {conn.info.dbname}"
                              ": run CREATE EXTENSION vector")
+
+
+def _relkind(conn: psycopg.Connection[Any], name: str) -> str | None:
+    row = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
+                       [name]).fetchone()
+    return str(row[0]) if row else None
+
+
+def _check_dim(conn: psycopg.Connection[Any], view: str, dim: int) -> None:
+    """A view's column keeps its table's vector(n) type: n must be ``dim``."""
+    row = conn.execute("SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+                       " AND attname = 'embedding' AND NOT attisdropped", [view]).fetchone()
+    if row is None or row[0] != dim:
+        raise StoreError(f"view {view} serves {row[0] if row else 'no'}-dim vectors, not {dim}:"
+                         " serve a generation built with this model (streamrag generations)")
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:

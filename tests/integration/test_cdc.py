@@ -20,7 +20,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
-from conftest import Pipeline, make_pipeline  # tests/integration is on sys.path
 
 from connect.registry import (
     DEFAULT_CONNECTOR_FILE,
@@ -29,8 +28,8 @@ from connect.registry import (
     connect_url,
     load_connector_file,
 )
-from jobs.chunking.cdc import UNAVAILABLE
-from jobs.chunking.planner import chunk_id
+from jobs.chunking.cdc import UNAVAILABLE, parse_cdc_record
+from jobs.chunking.planner import DocState, chunk_id, is_stale
 from jobs.chunking.stage import ChunkStage
 from jobs.embedding.model import model_fit_checker, resolve_model
 from streamrag.config import PROJECT_ROOT, Settings
@@ -38,6 +37,7 @@ from streamrag.kafka import read_topic
 from streamrag.migrate import migrate
 from streamrag.records import DocumentEvent, Origin
 from streamrag.stack import postgres_dsn
+from tests.integration.conftest import Pipeline, make_pipeline
 
 pytestmark = pytest.mark.integration
 SMALL = "Log compaction keeps the latest record of every key. " * 4
@@ -74,17 +74,26 @@ class Cdc:
                 for m in read_topic(self.pipeline.settings, self.topic(table), timeout_s=10)]
 
     def wait_for(self, table: str, done: Callable[[list], bool], timeout: float = 90) -> list:
-        deadline = time.monotonic() + timeout
-        while not done(events := self.events(table)):
-            assert time.monotonic() < deadline, f"Debezium events missing in {table}: {events}"
-            time.sleep(0.5)
-        return events
+        def ready() -> list | None:
+            events = self.events(table)
+            return events if done(events) else None
+
+        return poll(ready, timeout, f"Debezium events in {table}")
 
     def run(self) -> None:
         self.pipeline.run()
         ours = {self.topic("articles"), self.topic("faq")}
         letters = [d for d in self.pipeline.dead_letters() if d["origin"]["topic"] in ours]
         assert letters == []
+
+
+def poll(check: Callable[[], object], timeout: float, what: str) -> object:
+    """The first truthy result of ``check``, polled until ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+    return result
 
 
 def has(op: str, **key: object) -> Callable[[list], bool]:
@@ -116,6 +125,12 @@ def assert_gone(cdc: Cdc, doc_id: str) -> None:
     store = cdc.pipeline.store()
     assert store.doc_chunk_ids(doc_id) == []
     store.close()
+
+
+def delete_topics(settings: Settings, topics: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    for future in admin.delete_topics(topics).values():
+        future.exception()  # waits; a topic that never existed is fine
 
 
 def drop_slot(dsn: str, slot: str) -> None:
@@ -162,10 +177,8 @@ def cdc(stack: Settings) -> Iterator[Cdc]:
         world.registry.delete(world.name, missing_ok=True)
         drop_slot(dsn, world.slot)
         world.sql(f"DROP PUBLICATION IF EXISTS pub_{tag}; DROP SCHEMA IF EXISTS {{s}} CASCADE")
-        admin = AdminClient({"bootstrap.servers": stack.kafka.bootstrap})
-        topics = [*tables, f"__debezium-heartbeat.{prefix}"]
-        for future in admin.delete_topics(topics).values():
-            future.exception()
+        delete_topics(stack, [*tables, f"__debezium-heartbeat.{prefix}"])
+        world.registry.close()
         store = pipeline.store()
         store.drop()
         store.close()
@@ -215,9 +228,11 @@ def test_update_of_a_non_text_column_keeps_the_toasted_body(cdc):
                              "::regclass", [f"{cdc.schema}.articles"]).fetchone()[0]
         assert conn.execute(f"SELECT count(*) FROM {toast}").fetchone()[0] > 0
     cdc.sql("UPDATE {s}.articles SET tags = '{toast,updated}' WHERE id = 2")
-    cdc.wait_for("articles", lambda ev: any(
+    events = cdc.wait_for("articles", lambda ev: any(
         k == {"id": 2} and v and v["op"] == "u" and "updated" in v["after"]["tags"]
         for k, v in ev))
+    (update,) = [v for k, v in events if k == {"id": 2} and v and v["op"] == "u"]
+    assert update["before"]["body"] == toast_body()  # what REPLICA IDENTITY FULL buys
     cdc.run()
 
     chunks = assert_indexed(cdc, f"{cdc.schema}.articles:2", f"Big\n\n{toast_body()}")
@@ -236,11 +251,12 @@ def test_applying_the_connector_twice_is_harmless(cdc):
 
 
 def test_restarted_connector_resumes_without_loss_or_duplicates(cdc):
+    cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body) VALUES (25, 'acme', 'T', 'B')")
     cdc.registry.restart(cdc.name, include_tasks=True)
     for i in range(20, 25):  # while the task stops and starts again
         cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body)"
                 " VALUES (%s, 'acme', %s, %s)", (i, f"Doc {i}", f"Body of document {i}. " * 5))
-    cdc.sql("UPDATE {s}.articles SET title = 'Restarted' WHERE id = 1")
+    cdc.sql("UPDATE {s}.articles SET title = 'Restarted' WHERE id = 25")
     cdc.registry.wait_running(cdc.name, 60)
     cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body) VALUES (29, 'acme', 'S', 'End')")
 
@@ -254,6 +270,61 @@ def test_restarted_connector_resumes_without_loss_or_duplicates(cdc):
     for i in range(20, 25):
         body = f"Body of document {i}. " * 5
         assert_indexed(cdc, f"{cdc.schema}.articles:{i}", f"Doc {i}\n\n{body}")
+    assert_indexed(cdc, f"{cdc.schema}.articles:25", "Restarted\n\nB")
+
+
+def test_transaction_straddling_the_snapshot_is_not_lost(cdc):
+    """Open across the slot's consistent point, a transaction commits after the snapshot
+    but wrote *below* the snapshot's LSN; its update must still beat the snapshot row."""
+    cdc.sql("INSERT INTO {s}.faq VALUES ('s', 'a', 'A?', 'a0'), ('s', 'b', 'B?', 'b0'),"
+            " ('s', 'c', 'C?', 'c0')")
+    name, slot, prefix = f"{cdc.name}-straddle", f"{cdc.slot}_straddle", f"straddle_{cdc.tag}"
+    topic, key = f"{prefix}.{cdc.schema}.faq", {"tenant": "s", "slug": "c"}
+    config = {**cdc.config, "slot.name": slot, "topic.prefix": prefix,
+              "table.include.list": f"{cdc.schema}.faq"}
+    control, *txs = (psycopg.connect(cdc.dsn, autocommit=i == 0) for i in range(4))
+
+    def reads(topic: str, key: dict) -> list:
+        return [m for m in read_topic(cdc.pipeline.settings, topic, 10)
+                if m.value and json.loads(m.key) == key]
+
+    def update(tx: psycopg.Connection, slug: str) -> None:
+        tx.execute(f"UPDATE {cdc.schema}.faq SET answer = %s WHERE slug = %s", [slug + "1", slug])
+
+    def mark() -> None:  # an xl_running_xacts record moves the slot's snapshot builder on
+        control.execute("SELECT pg_log_standby_snapshot()")
+
+    try:
+        update(txs[0], "a")  # slot creation waits for this transaction to end
+        cdc.registry.apply(name, config)
+        poll(lambda: control.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event_type ="
+                                     " 'Lock' AND query LIKE 'CREATE_REPLICATION_SLOT%'"
+                                     ).fetchone(), 60, "the slot creation")
+        update(txs[1], "b")
+        txs[0].commit()
+        mark()  # full snapshot: transactions that start now are decoded whole
+        update(txs[2], "c")  # the straddler: decoded, yet not in the exported snapshot
+        txs[1].commit()
+        mark()  # consistent point = the snapshot's LSN, with "c" still open
+        cdc.registry.wait_running(name, 60)
+        poll(lambda: reads(topic, key), 90, "the snapshot read")
+        txs[2].commit()
+        messages = poll(lambda: len(m := reads(topic, key)) == 2 and m, 90, "the update")
+    finally:
+        for conn in (control, *txs):
+            conn.close()
+        cdc.registry.delete(name, missing_ok=True)
+        drop_slot(cdc.dsn, slot)
+        delete_topics(cdc.pipeline.settings, [topic, f"__debezium-heartbeat.{prefix}"])
+    table = cdc.pipeline.settings.cdc.tables[cdc.topic("faq")]
+    snapshot, change = (parse_cdc_record(m.key, m.value, Origin(m.topic, m.partition, m.offset),
+                                         m.timestamp_ms, table) for m in messages)
+    raw = [json.loads(m.value) for m in messages]
+    assert [r["after"]["answer"] for r in raw] == ["c0", "c1"]
+    assert raw[1]["source"]["lsn"] < raw[0]["source"]["lsn"]  # the LSN really goes back
+    state = DocState(snapshot.version, origin=(snapshot.origin.topic, snapshot.origin.partition,
+                                               snapshot.origin.offset))
+    assert not is_stale(state, change)
 
 
 def test_wrong_password_is_one_clear_line(cdc, tmp_path: Path):

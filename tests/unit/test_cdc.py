@@ -257,3 +257,9 @@ def test_normalize_routes_cdc_topics_to_the_cdc_mapping():
     assert tag is DEAD_LETTERS and "not valid JSON" in letter["v"]
     (doc,) = run("documents", b"a", json.dumps({"id": "a", "text": "hello"}).encode())
     assert doc["doc_id"] == "a"
+
+
+def test_placeholder_in_an_unused_column_does_not_matter():
+    event = parse(envelope("u", after=article(notes=UNAVAILABLE), before=None))
+
+    assert event.text == "Compaction\n\nKafka keeps the latest record."

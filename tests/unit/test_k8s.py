@@ -1,0 +1,25 @@
+"""The k8s manifests carry a config that the same validator accepts."""
+
+import yaml
+
+from streamrag.config import PROJECT_ROOT, MilvusConfig, load_settings
+
+
+def test_the_configmap_holds_a_valid_streamrag_config(tmp_path):
+    manifest = yaml.safe_load((PROJECT_ROOT / "k8s" / "configmap.yaml").read_text())
+    config_file = tmp_path / "streamrag.yaml"
+    config_file.write_text(manifest["data"]["streamrag.yaml"])
+
+    settings = load_settings(config_file)
+
+    assert isinstance(settings.store, MilvusConfig)
+    assert settings.kafka.bootstrap.endswith(":9092")
+
+
+def test_the_flink_deployment_runs_the_ingest_job_with_that_config():
+    deployment = yaml.safe_load((PROJECT_ROOT / "k8s" / "flinkdeployment.yaml").read_text())
+    args = deployment["spec"]["job"]["args"]
+    env = deployment["spec"]["podTemplate"]["spec"]["containers"][0]["env"]
+
+    assert args[:2] == ["-py", "/opt/streamrag/jobs/pipeline.py"]
+    assert {"name": "STREAMRAG_CONFIG", "value": args[-1]} in env
