@@ -138,6 +138,12 @@ def _mount_optional_apps() -> None:
         app.add_typer(stack_app, name="stack",
                       help="Local services: Kafka, Connect, PostgreSQL, Milvus Lite.")
     try:
+        from streamrag.replay_cli import app as replay_app
+    except ImportError:
+        pass
+    else:  # adds the `generations` and `replay` command groups
+        app.add_typer(replay_app)
+    try:
         from connect.cli import app as connect_app
     except ImportError:
         return
@@ -158,6 +164,12 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     try:
+        from streamrag.generations import GenerationError
+
+        errors.append(GenerationError)
+    except ImportError:
+        pass
+    try:
         from connect.registry import ConnectError
 
         errors.append(ConnectError)
@@ -169,7 +181,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> None:
     _mount_optional_apps()
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:

@@ -205,6 +205,7 @@ class _Milvus:
             except Exception:
                 self.store.rename_collection(g0, self.base)
                 raise
+            self.store.load(g0)  # loaded, as after any swap: a rollback is instant
         self.store.set_properties(target.name, {_P + "served_at_ms": str(_now_ms())})
 
     def drop(self, name: str) -> None:

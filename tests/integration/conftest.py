@@ -74,6 +74,8 @@ def make_pipeline(stack: Settings, store_kind: str) -> Pipeline:
         "STORE__KIND": store_kind,
         ("STORE__COLLECTION" if store_kind == "milvus" else "STORE__TABLE"): f"t_{tag}",
     }
+    # No CDC topics unless the test maps some: a connector on the dev stack must not leak in.
+    overrides.setdefault("CDC__TABLES", os.environ.get("STREAMRAG_CDC__TABLES", "{}"))
     env = {**os.environ, **{f"STREAMRAG_{k}": v for k, v in overrides.items()}}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # load_settings reads the same overrides as the job

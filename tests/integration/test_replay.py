@@ -1,0 +1,208 @@
+"""Replay: rebuild the index from the embeddings topic into a new generation, verify, swap,
+roll back; on both stores, with real Kafka, PyFlink and the stores.
+
+One small index per store (3 documents: one updated so that a trim marker exists, one
+deleted), ingested once by the real ingest job and shared by the tests of this module.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from jobs.replay import VerificationError
+from streamrag import generations
+from streamrag.config import Settings
+from streamrag.generations import GenerationError
+from streamrag.records import ChunkRecord, EmbeddingRecord
+from streamrag.replay_cli import full_replay, rematerialize
+from streamrag.stores.base import StoredChunk, VectorStore
+from tests.integration.conftest import Pipeline, make_pipeline
+
+pytestmark = pytest.mark.integration
+
+PARAGRAPH = ("A compacted topic keeps the latest record of every key, so a consumer that "
+             "starts from the earliest offset rebuilds the current state of every document. ")
+
+
+def doc(doc_id: str, parts: int, word: str, version: int) -> dict:
+    text = "\n\n".join(f"## Part {i} {word}\n\n{PARAGRAPH * 3}" for i in range(parts))
+    return {"id": doc_id, "text": text, "content_type": "markdown", "version": version}
+
+
+@pytest.fixture(scope="module", params=["milvus", "pgvector"])
+def ingested(request: pytest.FixtureRequest, stack: Settings) -> Iterator[Pipeline]:
+    p = make_pipeline(stack, request.param)
+    p.produce_docs([doc("a", 5, "alpha", 1), doc("b", 2, "beta", 1), doc("c", 2, "gamma", 1)])
+    p.produce([("a", json.dumps(doc("a", 2, "omega", 2))), ("c", None)])  # shrink; delete
+    p.run()
+    log = [json.loads(m.value)["chunk"] for m in p.topic(p.settings.kafka.embeddings_topic)]
+    assert any(c["op"] == "trim" and c["doc_id"] == "a" and c["position"] > 0 for c in log)
+    assert any(c["op"] == "trim" and c["doc_id"] == "c" and c["position"] == 0 for c in log)
+    yield p
+    generations.drop_all(p.settings)
+
+
+def snapshot(store: VectorStore) -> dict[str, StoredChunk]:
+    return {c.chunk_id: c for c in store.get(store.all_ids(), with_vectors=True)}
+
+
+def assert_same_index(got: dict[str, StoredChunk], want: dict[str, StoredChunk]) -> None:
+    assert sorted(got) == sorted(want)
+    for chunk_id, w in want.items():
+        g = got[chunk_id]
+        fields = ("doc_id", "version", "position", "start", "end", "text", "content_hash",
+                  "source", "title", "metadata", "model_id", "source_ts_ms")
+        assert {f: getattr(g, f) for f in fields} == {f: getattr(w, f) for f in fields}
+        np.testing.assert_allclose(g.vector, w.vector, atol=1e-6)
+
+
+def corrupt(store: VectorStore, chunk: StoredChunk, text: str) -> None:
+    """Overwrite a chunk's text in place (same version: the store accepts it)."""
+    c = chunk
+    record = ChunkRecord(c.chunk_id, c.doc_id, c.version, "upsert", c.position, c.start, c.end,
+                         text, c.content_hash, c.source, c.title, c.metadata, c.source_ts_ms)
+    store.upsert([EmbeddingRecord(record, c.model_id, c.vector)])
+    store.flush()
+
+
+class Reader(threading.Thread):
+    """Searches the serving name in a loop; records every result set (id, text)."""
+
+    def __init__(self, store: VectorStore, vector: list[float]) -> None:
+        super().__init__(daemon=True)
+        self.store, self.vector = store, vector
+        self.seen: list[frozenset[tuple[str, str]]] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                hits = self.store.search(self.vector, 50)
+                self.seen.append(frozenset((h.chunk.chunk_id, h.chunk.text) for h in hits))
+            except Exception as e:  # noqa: BLE001 - any failure is a finding
+                self.errors.append(f"{type(e).__name__}: {e}")
+            time.sleep(0.02)
+
+
+def result_set(settings: Settings, name: str, vector: list[float]) -> frozenset:
+    store = generations.open_generation(settings, name)
+    try:
+        return frozenset((h.chunk.chunk_id, h.chunk.text) for h in store.search(vector, 50))
+    finally:
+        store.close()
+
+
+def test_rematerialize_rebuilds_verifies_and_swaps_without_a_gap(ingested: Pipeline):
+    settings = ingested.settings
+    live = ingested.store()
+    before = generations.serving(settings)
+    assert before is not None
+    want = snapshot(live)
+    assert {c.doc_id for c in want.values()} == {"a", "b"}
+    victim = want[sorted(want)[0]]
+    corrupt(live, victim, "CORRUPTED " + victim.text)  # the serving index has gone bad
+
+    reader = Reader(live, victim.vector)
+    reader.start()
+    try:
+        new = rematerialize(settings, progress=False)
+        assert new.serving and new.name != before.name
+        assert new.model_id == victim.model_id
+        assert_same_index(snapshot(live), want)  # the serving name now shows the rebuild
+
+        names = [g.name for g in generations.list_generations(settings)]
+        old = next(n for n in names if n != new.name)
+        bad, good = (result_set(settings, n, victim.vector) for n in (old, new.name))
+        assert bad != good and any(t.startswith("CORRUPTED") for _, t in bad)
+
+        for expected in (old, new.name, old):  # rollback, swap back, rollback
+            if expected == old:
+                assert generations.rollback(settings).name == old
+            else:
+                assert generations.swap(settings, new.name).name == new.name
+            time.sleep(0.5)
+            assert generations.serving(settings).name == expected
+        assert generations.swap(settings, new.name).serving
+    finally:
+        reader.stop.set()
+        reader.join(10)
+        live.close()
+    assert reader.errors == []
+    assert len(reader.seen) > 10
+    assert all(seen in (bad, good) for seen in reader.seen), "an empty or mixed result set"
+    assert bad in reader.seen and good in reader.seen
+
+
+def test_failed_verification_leaves_the_old_generation_serving(ingested: Pipeline):
+    settings = ingested.settings
+    before = generations.serving(settings)
+    names_before = [g.name for g in generations.list_generations(settings)]
+
+    def tamper(store: VectorStore) -> None:
+        chunk = store.get([store.all_ids()[0]], with_vectors=True)[0]
+        corrupt(store, chunk, "tampered")
+
+    with pytest.raises(VerificationError) as failure:
+        rematerialize(settings, progress=False, before_verify=tamper)
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "verification failed" in message and "text differs from the log" in message
+    assert f"{before.name} still serves" in message
+    assert generations.serving(settings) == before
+    assert [g.name for g in generations.list_generations(settings)] == names_before
+
+
+def test_retriever_uses_the_serving_generations_model(ingested: Pipeline):
+    from jobs.embedding.model import BUNDLED_MODEL_ID
+    from streamrag.query import Retriever, serving_model
+
+    settings = ingested.settings
+    assert serving_model(settings).model_id == BUNDLED_MODEL_ID
+    retriever = Retriever(settings)
+    assert retriever.search("compacted topic latest record", 3)
+    retriever.close()
+
+    unknown = generations.create_generation(settings, "example/not-installed-model", 384)
+    generations.swap(settings, unknown)
+    try:
+        assert generations.serving(settings).model_id == "example/not-installed-model"
+        with pytest.raises(GenerationError, match="example/not-installed-model"):
+            Retriever(settings)  # never embeds queries with another model than the index's
+    finally:
+        generations.rollback(settings)
+        generations.drop_generation(settings, unknown)
+    assert generations.serving(settings).model_id == BUNDLED_MODEL_ID
+
+
+def test_drop_old_keeps_the_serving_generation(ingested: Pipeline):
+    settings = ingested.settings
+    serving = generations.serving(settings)
+    extra = generations.create_generation(settings, serving.model_id, 384)
+    dropped = generations.drop_old(settings, keep=1)
+    left = [g.name for g in generations.list_generations(settings)]
+    assert serving.name in left and extra in left and serving.name not in dropped
+    assert len(left) == 2
+
+
+def test_full_replay_rebuilds_through_new_topics(ingested: Pipeline):
+    settings = ingested.settings
+    if settings.store.kind != "milvus":
+        pytest.skip("one store is enough: the stores' part is what rematerialize covers")
+    live = ingested.store()
+    want = snapshot(live)
+    new = full_replay(settings, progress=False)
+    assert new.serving and new.model_id == next(iter(want.values())).model_id
+    suffix = new.name.rpartition("__")[2]
+    topic = f"{settings.kafka.embeddings_topic}.{suffix}"
+    assert {json.loads(m.value)["chunk"]["doc_id"] for m in ingested.topic(topic)} >= {"a", "b"}
+    got = snapshot(live)
+    assert sorted(got) == sorted(want)
+    assert {i: c.text for i, c in got.items()} == {i: c.text for i, c in want.items()}
+    live.close()

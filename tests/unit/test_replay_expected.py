@@ -1,0 +1,117 @@
+"""The state a replayed generation must hold, as a pure function of the embeddings log."""
+
+from __future__ import annotations
+
+import json
+
+from jobs.replay import LogState, apply_in_phases, expected_state, parse, text_digest
+from streamrag.records import ChunkRecord, EmbeddingRecord
+
+
+def up(doc: str, pos: int, version: int, text: str = "t", model: str = "m") -> EmbeddingRecord:
+    chunk = ChunkRecord(f"{doc}-{pos}", doc, version, "upsert", position=pos, text=text,
+                        content_hash=f"h-{text}")
+    return EmbeddingRecord(chunk, model, [float(pos), float(version), 1.0])
+
+
+def trim(doc: str, from_pos: int, version: int) -> EmbeddingRecord:
+    return EmbeddingRecord(ChunkRecord(f"trim:{doc}", doc, version, "trim", position=from_pos))
+
+
+def test_latest_upsert_per_chunk_wins():
+    state = expected_state([up("a", 0, 1, "old"), up("a", 0, 2, "new"), up("a", 1, 1)])
+    assert sorted(state) == ["a-0", "a-1"]
+    assert state["a-0"].version == 2
+    assert state["a-0"].text_digest == text_digest("new")
+
+
+def test_an_older_version_read_later_never_wins():
+    state = expected_state([up("a", 0, 5, "new"), up("a", 0, 3, "late")])
+    assert state["a-0"].version == 5 and state["a-0"].text_digest == text_digest("new")
+
+
+def test_equal_versions_the_later_record_wins():
+    state = expected_state([up("a", 0, 4, "first"), up("a", 0, 4, "second")])
+    assert state["a-0"].text_digest == text_digest("second")
+
+
+def test_a_shrinking_document_loses_its_surplus_chunks():
+    log = [up("a", i, 1) for i in range(5)] + [up("a", i, 2) for i in range(2)] + [trim("a", 2, 2)]
+    assert sorted(expected_state(log)) == ["a-0", "a-1"]
+
+
+def test_trims_apply_after_all_upserts_whatever_the_order():
+    # The trim sits in another partition and is read before the document's chunks.
+    log = [trim("a", 2, 2)] + [up("a", i, 1) for i in range(4)] + [up("a", i, 2) for i in range(2)]
+    assert sorted(expected_state(log)) == ["a-0", "a-1"]
+
+
+def test_a_trim_keeps_chunks_of_its_own_version_and_newer():
+    log = [up("a", 0, 1), up("a", 1, 3), up("a", 2, 1), trim("a", 0, 2)]
+    assert sorted(expected_state(log)) == ["a-1"]
+
+
+def test_a_delete_is_a_trim_from_zero():
+    log = [up("a", 0, 1), up("a", 1, 1), up("b", 0, 1), trim("a", 0, 2)]
+    assert sorted(expected_state(log)) == ["b-0"]
+
+
+def test_only_the_latest_trim_per_document_counts():
+    # Deleted at v2, then re-created at v3 with one chunk: the v3 trim (from 1) decides.
+    log = [up("a", 0, 1), up("a", 1, 1), trim("a", 0, 2), up("a", 0, 3), trim("a", 1, 3)]
+    state = expected_state(log)
+    assert sorted(state) == ["a-0"] and state["a-0"].version == 3
+
+
+def test_an_older_trim_read_later_is_ignored():
+    log = [up("a", 0, 3), trim("a", 1, 3), trim("a", 0, 2)]
+    assert sorted(expected_state(log)) == ["a-0"]
+
+
+def test_tombstones_and_unreadable_records_are_skipped():
+    state = LogState()
+    for value in [None, b"not json", b'{"chunk": {}}', json.dumps({"x": 1}).encode(),
+                  up("a", 0, 1).to_json().encode()]:
+        state.add(parse(value))
+    assert state.records == 5
+    assert sorted(state.expected()) == ["a-0"]
+
+
+def test_model_ids_and_dimension():
+    state = LogState()
+    for r in [up("a", 0, 1, model="m1"), up("b", 0, 1, model="m2"), trim("b", 0, 2)]:
+        state.add(r)
+    assert state.model_ids() == {"m1"}  # b is deleted: its model does not count
+    assert state.dim() == 3
+    assert state.upserts == 2
+
+
+def test_vectors_are_kept_as_float32():
+    state = expected_state([up("a", 2, 7)])
+    assert state["a-2"].vector.dtype.name == "float32"
+    assert state["a-2"].vector.tolist() == [2.0, 7.0, 1.0]
+
+
+class FakeStore:
+    """The version-guarded store rules, in memory, to check apply_in_phases."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, ChunkRecord] = {}
+
+    def upsert(self, records: list[EmbeddingRecord]) -> None:
+        for r in records:
+            old = self.rows.get(r.chunk.chunk_id)
+            if old is None or old.version <= r.chunk.version:
+                self.rows[r.chunk.chunk_id] = r.chunk
+
+    def trim(self, doc_id: str, from_position: int, below_version: int) -> None:
+        self.rows = {i: c for i, c in self.rows.items() if not (
+            c.doc_id == doc_id and c.position >= from_position and c.version < below_version)}
+
+
+def test_applying_in_phases_gives_the_expected_state():
+    log = [trim("a", 2, 2), up("a", 0, 1), up("a", 1, 1), up("a", 2, 1), up("a", 0, 2),
+           up("a", 1, 2), up("b", 0, 1), trim("b", 0, 3), up("c", 0, 1), up("c", 0, 1, "re")]
+    store = FakeStore()
+    apply_in_phases(store, log)  # type: ignore[arg-type]
+    assert sorted(store.rows) == sorted(expected_state(log))
