@@ -6,6 +6,7 @@ Bench: build a corpus of 40 documents x ~50 chunks of ~200 tokens from samples/c
   -> pipeline: produce to a fresh documents topic, run the ingest job (bounded, local
      PyFlink), until every chunk is in the index; RSS of the job's processes sampled
   -> edit: change one paragraph of one 50-chunk document, run again, count model calls
+  -> freshness: PostgreSQL commit -> indexed through Debezium (bench/freshness.py)
 
 Figures are measured in one run so that ratios compare like with like on a noisy machine.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.freshness import freshness_figures
 from jobs.chunking.cleaning import clean
 from jobs.chunking.stage import ChunkStage
 from jobs.embedding.model import load_model, model_fit_checker, resolve_model
@@ -165,6 +167,8 @@ def main() -> None:
         "edit_embedded_chunks": edit_embedded,
         "peak_rss_mb": round(peak_mb),
     }
+    print(f"figures so far: {json.dumps(figures)}", flush=True)
+    figures.update(freshness_figures())
     print(json.dumps(figures))
 
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -68,7 +68,7 @@ def rematerialize(settings: Settings, swap: bool = True, progress: bool = True,
 
     def work(store: VectorStore) -> None:
         nonlocal ends
-        run_job("jobs.replay", _override(settings, name, kafka={"group_id": group}), store,
+        run_job("jobs.replay", override_settings(settings, name, kafka={"group_id": group}), store,
                 state.upserts, f"replay {name}", progress)
         ends = catch_up(settings, store, ends, state)
         if before_verify:
@@ -100,7 +100,7 @@ def full_replay(settings: Settings, model: str | None = None, swap: bool = True,
     kafka = {"group_id": f"{k.group_id}-replay-{name}-{uuid.uuid4().hex[:6]}",
              "chunks_topic": f"{k.chunks_topic}.{suffix}",
              "embeddings_topic": f"{k.embeddings_topic}.{suffix}"}
-    new = _override(settings, name, kafka=kafka, embedding={"model": model})
+    new = override_settings(settings, name, kafka=kafka, embedding={"model": model})
     estimate = _serving_count(settings)
 
     def work(store: VectorStore) -> None:
@@ -136,13 +136,15 @@ def catch_up(settings: Settings, store: VectorStore, start: dict[int, int],
 
 
 def run_job(module: str, settings: Settings, store: VectorStore, total: int | None,
-            desc: str, progress: bool = True) -> float:
-    """Run ``python -m module --bounded`` with ``settings``; the bar follows store.count().
-    Returns the wall time in seconds (startup included)."""
+            desc: str, progress: bool = True, base_env: Mapping[str, str] | None = None
+            ) -> float:
+    """Run ``python -m module --bounded`` with exactly ``settings`` (a YAML file; the
+    STREAMRAG_* variables of ``base_env``, default os.environ, are left out); the bar
+    follows store.count(). Returns the wall time in seconds, startup included."""
     from tqdm import tqdm
 
     data = settings.model_dump(mode="json")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMRAG_")}
+    env = {k: v for k, v in (base_env or os.environ).items() if not k.startswith("STREAMRAG_")}
     if isinstance(settings.store, MilvusConfig) and settings.store.token:
         data["store"]["token"] = None  # never written to a file: passed in the environment
         env["STREAMRAG_STORE__TOKEN"] = settings.store.token.get_secret_value()
@@ -194,7 +196,7 @@ def _verify(store: VectorStore, expected: Any) -> None:
         raise VerificationError(f"verification failed: {e}") from None
 
 
-def _override(settings: Settings, name: str, **sections: dict[str, Any]) -> Settings:
+def override_settings(settings: Settings, name: str, **sections: dict[str, Any]) -> Settings:
     """``settings`` with the store name and some keys changed (env variables ignored)."""
     key = "collection" if isinstance(settings.store, MilvusConfig) else "table"
     update: dict[str, Any] = {"store": settings.store.model_copy(update={key: name})}

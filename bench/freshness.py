@@ -1,0 +1,140 @@
+"""PostgreSQL commit -> searchable latency through Debezium, Kafka and the ingest job.
+
+Bench: a private copy of the sample schema (own publication, slot, topic prefix)
+  -> the ingest job runs unbounded (as in production) with the Debezium connector
+  -> ROWS rows are inserted and indexed (warm-up)
+  -> each row is updated once, RATE updates a second, with a one-chunk body
+  -> latency of a row = indexed_at_ms - source_ts_ms (the commit time Debezium reports),
+     both stored on the chunk itself, so no polling skews the figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from pymilvus import MilvusException
+
+from connect.registry import ConnectRegistry, connect_url, load_connector_file
+from jobs.chunking.planner import chunk_id
+from streamrag.config import PROJECT_ROOT, load_settings
+from streamrag.stack import postgres_dsn
+from streamrag.stores import open_store
+from streamrag.stores.base import StoreError
+
+ROWS, RATE = 150, 5.0
+CONNECTOR_FILE = PROJECT_ROOT / "connect" / "postgres-source.json"
+CLI = str(Path(sys.executable).with_name("streamrag"))
+
+
+def body(i: int, round_: int) -> str:
+    return (f"Article {i}, revision {round_}: the index must show this revision soon after "
+            f"the commit, because readers of article {i} expect fresh answers.")
+
+
+def wait_for(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"bench: timed out waiting for {what}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def freshness_figures() -> dict[str, float]:
+    base = load_settings()
+    tag = uuid.uuid4().hex[:8]
+    schema, prefix, dsn = f"kbf_{tag}", f"cdcf_{tag}", postgres_dsn(base)
+    ddl = (PROJECT_ROOT / "sql/source/001_articles.sql").read_text()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(re.sub(r"\bkb\b", schema, ddl).replace("streamrag_pub", f"pub_{tag}"))
+    tables = {f"{prefix}.{schema}.articles": base.cdc.tables["cdc.kb.articles"].model_dump()}
+    overrides = {
+        "CDC__TABLES": json.dumps(tables), "STORE__COLLECTION": f"fresh_{tag}",
+        "KAFKA__DOCUMENTS_TOPIC": f"fresh{tag}-documents", "KAFKA__CHUNKS_TOPIC": f"fresh{tag}-chunks",
+        "KAFKA__EMBEDDINGS_TOPIC": f"fresh{tag}-embeddings",
+        "KAFKA__DEAD_LETTER_TOPIC": f"fresh{tag}-dead-letters", "KAFKA__GROUP_ID": f"fresh{tag}",
+        "FLINK__BUNDLE_TIME_MS": "20", "FLINK__BUNDLE_SIZE": "10",
+    }
+    env = {**os.environ, **{f"STREAMRAG_{k}": v for k, v in overrides.items()}}
+    os.environ.update(env)
+    settings = load_settings()
+
+    _, config = load_connector_file(CONNECTOR_FILE, settings)
+    name = f"streamrag-fresh-{tag}"
+    config.update({"slot.name": f"slot_{tag}", "publication.name": f"pub_{tag}",
+                   "topic.prefix": prefix, "table.include.list": f"{schema}.articles",
+                   "poll.interval.ms": "20"})
+    registry = ConnectRegistry(connect_url(settings))
+    conn = psycopg.connect(dsn, autocommit=True)
+    job = None
+    try:
+        registry.apply(name, config)
+        registry.wait_running(name, 60)
+        job = subprocess.Popen([CLI, "run"], env=env, cwd=PROJECT_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {schema}.articles (id, tenant, title, body) VALUES (%s, 'acme', %s, %s)",
+                [(i, f"Article {i}", body(i, 0)) for i in range(ROWS)])
+        store = open_store(settings.store)
+        ids = [chunk_id(f"{schema}.articles:{i}", 0) for i in range(ROWS)]
+        wait_for(lambda: _safe_count(store, ids) == ROWS, 300, "the warm-up rows to be indexed")
+
+        for i in range(ROWS):
+            start = time.monotonic()
+            conn.execute(f"UPDATE {schema}.articles SET body = %s, updated_at = now() "
+                         f"WHERE id = %s", (body(i, 1), i))
+            time.sleep(max(0.0, 1 / RATE - (time.monotonic() - start)))
+        wait_for(lambda: all("revision 1" in c.text for c in store.get(ids)), 120,
+                 "the updates to be indexed")
+        latencies = [c.indexed_at_ms - c.source_ts_ms for c in store.get(ids)]
+        store.drop()
+        store.close()
+    finally:
+        if job is not None:
+            job.terminate()
+            job.wait(60)
+        registry.delete(name, missing_ok=True)
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"DROP PUBLICATION IF EXISTS pub_{tag}")
+        _drop_slot(conn, f"slot_{tag}")
+        conn.close()
+    return {"freshness_p50_ms": round(percentile(latencies, 0.5)),
+            "freshness_p99_ms": round(percentile(latencies, 0.99)),
+            "freshness_updates": len(latencies)}
+
+
+def _safe_count(store, ids: list[str]) -> int:  # type: ignore[no-untyped-def]
+    try:
+        return len(store.get(ids))
+    except (StoreError, MilvusException):  # the collection appears with the first write
+        return 0
+
+
+def _drop_slot(conn: psycopg.Connection, slot: str) -> None:
+    for _ in range(20):  # the slot stays active for a moment after the connector stops
+        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                           [slot]).fetchone()
+        if row is None:
+            return
+        if not row[0]:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+            return
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    print(json.dumps(freshness_figures()))
