@@ -73,8 +73,11 @@ class RecordProducer:
         })
         self._errors: list[str] = []
 
-    def send(self, topic: str, key: str | bytes | None, value: str | bytes | None) -> None:
-        self._producer.produce(topic, key=key, value=value, on_delivery=self._delivered)
+    def send(self, topic: str, key: str | bytes | None, value: str | bytes | None,
+             timestamp_ms: int = 0) -> None:
+        """Queue one record; ``timestamp_ms`` 0 lets the client stamp it."""
+        self._producer.produce(topic, key=key, value=value, timestamp=timestamp_ms,
+                               on_delivery=self._delivered)
         self._producer.poll(0)
 
     def flush(self, timeout_s: float = 60) -> None:
@@ -112,11 +115,12 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 30) -> Iterato
         consumer.close()
 
 
-def send_all(settings: Settings, topic: str, records: Iterable[tuple[str, str | None]]) -> int:
+def send_all(settings: Settings, topic: str, records: Iterable[tuple[str, str | bytes | None]],
+             timestamp_ms: int = 0) -> int:
     producer = RecordProducer(settings)
     n = 0
     for key, value in records:
-        producer.send(topic, key, value)
+        producer.send(topic, key, value, timestamp_ms)
         n += 1
     producer.flush()
     return n

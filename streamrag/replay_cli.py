@@ -68,8 +68,8 @@ def rematerialize(settings: Settings, swap: bool = True, progress: bool = True,
 
     def work(store: VectorStore) -> None:
         nonlocal ends
-        run_job("jobs.replay", override_settings(settings, name, kafka={"group_id": group}), store,
-                state.upserts, f"replay {name}", progress)
+        job = override_settings(settings, name, kafka={"group_id": group})
+        run_job("jobs.replay", job, store, state.upserts, f"replay {name}", progress)
         ends = catch_up(settings, store, ends, state)
         if before_verify:
             before_verify(store)

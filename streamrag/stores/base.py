@@ -72,9 +72,11 @@ class VectorStore(Protocol):
     def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
         """Write chunks by id; a chunk whose stored version is newer is left alone."""
 
-    def trim(self, doc_id: str, from_position: int, below_version: int) -> None:
+    def trim(self, doc_id: str, from_position: int, up_to_version: int) -> None:
         """Delete the document's chunks at ``position >= from_position`` whose version is
-        below ``below_version`` (what an update made surplus, or all of a deleted doc)."""
+        at most ``up_to_version`` (what an update made surplus, or all of a deleted doc).
+        Equal versions go too: a trim follows its own event's upserts, so a chunk of that
+        version at those positions can only be from an earlier event ordered before it."""
 
     def delete(self, chunk_ids: Sequence[str]) -> None: ...
 

@@ -8,7 +8,6 @@ templates): a value can never end its string literal, so values never become cod
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,7 +22,6 @@ from streamrag.stores.base import Filters, SearchHit, StoredChunk, StoreError
 
 _SCALARS = ["doc_id", "version", "position", "span_start", "span_end", "text", "content_hash",
             "source", "title", "metadata", "model_id", "source_ts_ms", "indexed_at_ms"]
-_SAFE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _transient = retry(
     retry=retry_if_exception_type((MilvusException, ConnectionError)),
     wait=wait_exponential(multiplier=0.2, max=5),
@@ -70,9 +68,9 @@ class MilvusStore:
     def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
         # Milvus has no conditional write; one reader-writer per document (Flink keys
         # by doc id) makes this read-then-write safe.
-        stored = self._client.get(self.collection,
-                                  ids=_checked_ids([r.chunk.chunk_id for r in records]),
-                                  output_fields=["version"])
+        stored = self._client.query(self.collection,
+                                    filter=_ids_filter([r.chunk.chunk_id for r in records]),
+                                    output_fields=["chunk_id", "version"])
         newer = {row["chunk_id"]: row["version"] for row in stored}
         now = int(time.time() * 1000)
         rows = [_row(r, now) for r in records
@@ -81,16 +79,17 @@ class MilvusStore:
             self._client.upsert(self.collection, rows)
 
     @_transient
-    def trim(self, doc_id: str, from_position: int, below_version: int) -> None:
+    def trim(self, doc_id: str, from_position: int, up_to_version: int) -> None:
         self._client.delete(
             self.collection,
             filter=f"doc_id == {_literal(doc_id)} and position >= {_literal(from_position)}"
-                   f" and version < {_literal(below_version)}",
+                   f" and version <= {_literal(up_to_version)}",
         )
 
     @_transient
     def delete(self, chunk_ids: Sequence[str]) -> None:
-        self._client.delete(self.collection, ids=_checked_ids(chunk_ids))
+        if chunk_ids:
+            self._client.delete(self.collection, filter=_ids_filter(chunk_ids))
 
     @_transient
     def search(self, vector: Sequence[float], k: int, filters: Filters | None = None
@@ -110,7 +109,8 @@ class MilvusStore:
         if not chunk_ids:
             return []
         fields = _SCALARS + (["vector"] if with_vectors else [])
-        rows = self._client.get(self.collection, ids=_checked_ids(chunk_ids), output_fields=fields)
+        rows = self._client.query(self.collection, filter=_ids_filter(chunk_ids),
+                                  output_fields=["chunk_id", *fields])
         return [_stored(row, row["chunk_id"]) for row in rows]
 
     @_transient
@@ -219,13 +219,10 @@ def _connect(uri: str, token: str) -> MilvusClient:
     return MilvusClient(uri=uri, token=token, alias=f"streamrag-{uuid.uuid4().hex}")
 
 
-def _checked_ids(chunk_ids: Sequence[str]) -> list[str]:
-    """pymilvus quotes ids into an expression without escaping: allow only safe ids
-    (chunk ids are UUIDs)."""
-    bad = [i for i in chunk_ids if not _SAFE_ID.fullmatch(i)]
-    if bad:
-        raise StoreError(f"invalid chunk id {bad[0]!r}: letters, digits and . _ : - only")
-    return list(chunk_ids)
+def _ids_filter(chunk_ids: Sequence[str]) -> str:
+    """``chunk_id in [...]`` with escaped literals: pymilvus's own ``ids=`` quotes ids
+    into the expression without escaping them."""
+    return f"chunk_id in [{', '.join(_literal(i) for i in chunk_ids)}]"
 
 
 def _row(record: EmbeddingRecord, now_ms: int) -> dict[str, Any]:

@@ -126,11 +126,11 @@ class PgvectorStore:
             cur.executemany(self._upsert_sql, rows)  # pipelined; HNSW upkeep dominates
 
     @_one_line
-    def trim(self, doc_id: str, from_position: int, below_version: int) -> None:
+    def trim(self, doc_id: str, from_position: int, up_to_version: int) -> None:
         with self._pool.connection() as conn:
             conn.execute(sql.SQL("DELETE FROM {t} WHERE doc_id = %s AND position >= %s AND"
-                                 " version < %s").format(t=self._t),
-                         [doc_id, from_position, below_version])
+                                 " version <= %s").format(t=self._t),
+                         [doc_id, from_position, up_to_version])
 
     @_one_line
     def delete(self, chunk_ids: Sequence[str]) -> None:

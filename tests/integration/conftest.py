@@ -43,8 +43,8 @@ class Pipeline:
     env: dict[str, str]
     settings: Settings
 
-    def produce(self, records: list[tuple[str, str | None]]) -> None:
-        send_all(self.settings, self.settings.kafka.documents_topic, records)
+    def produce(self, records: list[tuple[str, str | bytes | None]], timestamp_ms: int = 0) -> None:
+        send_all(self.settings, self.settings.kafka.documents_topic, records, timestamp_ms)
 
     def produce_docs(self, docs: list[dict]) -> None:
         self.produce([(d["id"], json.dumps(d)) for d in docs])

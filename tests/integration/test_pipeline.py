@@ -62,6 +62,8 @@ def test_update_replaces_chunks_and_deletes_remove_them(pipeline):
     shorter = doc("a", 2, "omega")
     pipeline.produce([("a", json.dumps(shorter)), ("b", None),
                       ("c", json.dumps({"id": "c", "deleted": True}))])
+    # Created and deleted within one millisecond: equal versions, ordered by offset.
+    pipeline.produce([("e", json.dumps(doc("e", 1))), ("e", None)], timestamp_ms=1_700_000_000_000)
     pipeline.run()
 
     new_ids = expected_ids(pipeline.settings, shorter)
@@ -69,6 +71,7 @@ def test_update_replaces_chunks_and_deletes_remove_them(pipeline):
     assert all("omega" in c.text or "Part" not in c.text for c in store.get(sorted(new_ids)))
     assert store.doc_chunk_ids("b") == []
     assert store.doc_chunk_ids("c") == []
+    assert store.doc_chunk_ids("e") == []
     assert store.count() == len(new_ids)
     store.close()
 

@@ -206,3 +206,37 @@ def test_full_replay_rebuilds_through_new_topics(ingested: Pipeline):
     assert sorted(got) == sorted(want)
     assert {i: c.text for i, c in got.items()} == {i: c.text for i, c in want.items()}
     live.close()
+
+
+def test_catch_up_and_verify_rebuild_from_the_log_without_flink(ingested: Pipeline):
+    from jobs.replay import LogState, verify
+    from streamrag.replay_cli import catch_up
+
+    settings = ingested.settings
+    name = generations.create_generation(settings, "m", 384)
+    store = generations.open_generation(settings, name)
+    try:
+        state = LogState()
+        ends = catch_up(settings, store, {}, state)  # the whole log, upserts then trims
+        assert sum(ends.values()) == state.records > 0
+        verify(store, state.expected())
+        assert sorted(store.all_ids()) == sorted(state.expected())
+        assert catch_up(settings, store, ends, state) == ends  # nothing new: no change
+    finally:
+        store.close()
+        generations.drop_generation(settings, name)
+
+
+def test_the_ingest_job_writes_to_the_serving_generation_after_a_swap(ingested: Pipeline):
+    settings = ingested.settings
+    serving = generations.serving(settings)
+    others = [g.name for g in generations.list_generations(settings) if not g.serving]
+    ingested.produce_docs([doc("d", 1, "delta", 1)])
+    ingested.run()  # writes through the serving name (alias / view)
+    store = generations.open_generation(settings, serving.name)
+    assert store.doc_chunk_ids("d") != []
+    store.close()
+    for name in others:
+        store = generations.open_generation(settings, name)
+        assert store.doc_chunk_ids("d") == []
+        store.close()

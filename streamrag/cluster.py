@@ -1,0 +1,103 @@
+"""A local standalone Flink session cluster from the PyFlink wheel, for `flink run`.
+
+`streamrag cluster up` writes a Flink config under <work_dir>/flink-conf (loopback only,
+2 slots, this venv's Python for the workers) and starts a JobManager and a TaskManager;
+`streamrag cluster submit` runs `flink run -py jobs/pipeline.py` against it: the same job
+file that a Kubernetes FlinkDeployment runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+import pyflink
+from streamrag.config import PROJECT_ROOT, Settings, load_settings
+
+PYFLINK_HOME = Path(pyflink.__file__).parent
+REST_PORT = 18081
+app = typer.Typer(no_args_is_help=True, help="Local standalone Flink cluster (flink run).")
+
+
+class ClusterError(Exception):
+    """The local Flink cluster cannot do what was asked; one line for the user."""
+
+
+def conf_dir(settings: Settings) -> Path:
+    return Path(settings.stack.work_dir) / "flink-conf"
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "FLINK_HOME": str(PYFLINK_HOME), "FLINK_CONF_DIR": str(conf_dir(settings)),
+            "FLINK_LOG_DIR": str(Path(settings.stack.work_dir) / "logs" / "flink")}
+
+
+def write_conf(settings: Settings) -> Path:
+    target = conf_dir(settings)
+    shutil.copytree(PYFLINK_HOME / "conf", target, dirs_exist_ok=True)
+    config = yaml.safe_load((PYFLINK_HOME / "conf" / "config.yaml").read_text())
+    config["rest"] = {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": REST_PORT}
+    config["jobmanager"]["bind-host"] = config["jobmanager"]["rpc"]["address"] = "127.0.0.1"
+    config["taskmanager"].update({"bind-host": "127.0.0.1", "host": "127.0.0.1",
+                                  "numberOfTaskSlots": 2, "memory": {"process": {"size": "4g"}}})
+    config["python"] = {"executable": sys.executable, "client": {"executable": sys.executable}}
+    (target / "config.yaml").write_text(yaml.safe_dump(config))
+    return target
+
+
+def _script(settings: Settings, name: str, *args: str) -> None:
+    done = subprocess.run(["bash", str(PYFLINK_HOME / "bin" / name), *args], env=_env(settings),
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise ClusterError(f"{name} failed: {(done.stderr or done.stdout).strip()[:300]}")
+
+
+def up(settings: Settings) -> None:
+    write_conf(settings)
+    Path(_env(settings)["FLINK_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
+    _script(settings, "start-cluster.sh")
+
+
+def down(settings: Settings) -> None:
+    _script(settings, "stop-cluster.sh")
+
+
+def submit(settings: Settings, job_args: list[str], detached: bool = False) -> None:
+    """`flink run -py jobs/pipeline.py [job args]` against the local cluster."""
+    cmd = ["bash", str(PYFLINK_HOME / "bin" / "flink"), "run", "-m", f"127.0.0.1:{REST_PORT}",
+           *(["-d"] if detached else []), "-py", str(PROJECT_ROOT / "jobs" / "pipeline.py"),
+           *job_args]
+    done = subprocess.run(cmd, env=_env(settings), cwd=PROJECT_ROOT, text=True,
+                          capture_output=True, timeout=3600)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ClusterError(f"flink run failed: {tail[0][:300]}")
+
+
+@app.command("up")
+def _up() -> None:
+    """Start the local JobManager and TaskManager (REST on 127.0.0.1:18081)."""
+    up(load_settings())
+    typer.echo(f"Flink cluster up: http://127.0.0.1:{REST_PORT}")
+
+
+@app.command("down")
+def _down() -> None:
+    """Stop the local cluster."""
+    down(load_settings())
+
+
+@app.command("submit")
+def _submit(
+    bounded: Annotated[bool, typer.Option(help="Stop at the end of the topics.")] = False,
+    detached: Annotated[bool, typer.Option(help="Return once submitted.")] = False,
+) -> None:
+    """Submit the ingest job with `flink run -py jobs/pipeline.py`."""
+    submit(load_settings(), ["--bounded"] if bounded else [], detached)
