@@ -71,14 +71,17 @@ def down(settings: Settings) -> None:
 
 def submit(settings: Settings, job_args: list[str], detached: bool = False) -> None:
     """`flink run -py jobs/pipeline.py [job args]` against the local cluster."""
+    # The wheel keeps flink-python in opt/, off the session cluster's classpath: ship it.
+    (python_jar,) = (PYFLINK_HOME / "opt").glob("flink-python-*.jar")
     cmd = ["bash", str(PYFLINK_HOME / "bin" / "flink"), "run", "-m", f"127.0.0.1:{REST_PORT}",
-           *(["-d"] if detached else []), "-py", str(PROJECT_ROOT / "jobs" / "pipeline.py"),
-           *job_args]
+           "-C", python_jar.as_uri(), *(["-d"] if detached else []),
+           "-py", str(PROJECT_ROOT / "jobs" / "pipeline.py"), *job_args]
     done = subprocess.run(cmd, env=_env(settings), cwd=PROJECT_ROOT, text=True,
                           capture_output=True, timeout=3600)
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ClusterError(f"flink run failed: {tail[0][:300]}")
+        lines = (done.stderr + done.stdout).splitlines()
+        causes = [line for line in lines if line.startswith("Caused by:")] or lines[-1:]
+        raise ClusterError(f"flink run failed: {(causes or ['no output'])[-1][:300]}")
 
 
 @app.command("up")

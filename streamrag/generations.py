@@ -57,12 +57,6 @@ class Generation:
     serving: bool
     served_at_ms: int = 0  # when it last became serving; 0: never served
 
-    def describe(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.created_at_ms / 1000)) \
-            if self.created_at_ms else "-"
-        return (f"{'*' if self.serving else ' '} g{self.number:<3} {self.name:<40}"
-                f" {self.model_id or '?':<45} {when}")
-
 
 def serving_name(settings: Settings) -> str:
     s = settings.store
@@ -110,12 +104,14 @@ def swap(settings: Settings, to: str | int) -> Generation:
 
 
 def rollback(settings: Settings) -> Generation:
-    """Serve again the generation that served before the current one."""
-    gens = list_generations(settings)
-    previous = [g for g in gens if not g.serving and g.served_at_ms > 0]
-    if not previous:
+    """Serve again the generation that served before the current one (twice: back again).
+
+    It holds what it held when it stopped serving: the live writer has written to the
+    newer generation since; ``streamrag replay rematerialize`` rebuilds from the log."""
+    before = [g for g in list_generations(settings) if not g.serving and g.served_at_ms > 0]
+    if not before:
         raise GenerationError(f"{serving_name(settings)}: no previous generation to roll back to")
-    return swap(settings, max(previous, key=lambda g: g.served_at_ms).name)
+    return swap(settings, max(before, key=lambda g: g.served_at_ms).name)
 
 
 def drop_old(settings: Settings, keep: int = 2) -> list[str]:

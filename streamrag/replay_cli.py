@@ -205,17 +205,9 @@ def override_settings(settings: Settings, name: str, **sections: dict[str, Any])
     return settings.model_copy(update=update)
 
 
-class _open:
+def _open(settings: Settings, name: str) -> contextlib.closing[Any]:
     """A store on one generation, closed on exit."""
-
-    def __init__(self, settings: Settings, name: str) -> None:
-        self.store = gens.open_generation(settings, name)
-
-    def __enter__(self) -> VectorStore:
-        return self.store
-
-    def __exit__(self, *exc: object) -> None:
-        self.store.close()
+    return contextlib.closing(gens.open_generation(settings, name))
 
 
 def _advance(bar: Any, store: VectorStore) -> None:
@@ -252,7 +244,10 @@ def list_cmd() -> None:
     """The generations of the index; * marks the serving one."""
     found = gens.list_generations(_settings())
     for g in found:
-        typer.echo(g.describe())
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created_at_ms / 1000)) \
+            if g.created_at_ms else "-"
+        typer.echo(f"{'*' if g.serving else ' '} g{g.number:<3} {g.name:<40}"
+                   f" {g.model_id or '?':<45} {when}")
     if not found:
         typer.echo(f"no index named {gens.serving_name(_settings())} yet")
 
@@ -267,7 +262,12 @@ def swap_cmd(generation: Annotated[str, typer.Argument(help="gN, N or the name."
 @generations_app.command("rollback")
 def rollback_cmd() -> None:
     """Serve again the generation that served before the current one."""
-    typer.echo(f"serving {gens.rollback(_settings()).name}")
+    s = _settings()
+    current = gens.serving(s)
+    g = gens.rollback(s)
+    typer.echo(f"serving {g.name}\nnote: it lacks what was indexed while"
+               f" {current.name if current else 'the other'} served; `streamrag replay"
+               " rematerialize` rebuilds the index from the log")
 
 
 @generations_app.command("drop-old")

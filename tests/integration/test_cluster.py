@@ -1,0 +1,31 @@
+"""`flink run -py jobs/pipeline.py` on a standalone Flink cluster gives the same index."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from streamrag import cluster
+from streamrag.config import load_settings
+from tests.integration.conftest import make_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_ingest_job_runs_with_flink_run_on_a_standalone_cluster(stack, monkeypatch):
+    pipeline = make_pipeline(stack, "milvus")
+    monkeypatch.setattr(os, "environ", pipeline.env)  # the submitted job reads the same config
+    settings = load_settings()
+    pipeline.produce_docs([{"id": "on-cluster", "text": "Submitted with flink run. " * 20}])
+
+    cluster.up(settings)
+    try:
+        cluster.submit(settings, ["--bounded"])
+    finally:
+        cluster.down(settings)
+
+    store = pipeline.store()
+    assert len(store.doc_chunk_ids("on-cluster")) == 1
+    store.drop()
+    store.close()
