@@ -24,7 +24,8 @@ from pymilvus import MilvusException
 
 from connect.registry import ConnectRegistry, connect_url, load_connector_file
 from jobs.chunking.planner import chunk_id
-from streamrag.config import PROJECT_ROOT, load_settings
+from streamrag.config import PROJECT_ROOT, isolated_env, load_settings
+from streamrag.migrate import drop_replication_slot
 from streamrag.stack import postgres_dsn
 from streamrag.stores import open_store
 from streamrag.stores.base import StoreError
@@ -61,14 +62,9 @@ def freshness_figures() -> dict[str, float]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(re.sub(r"\bkb\b", schema, ddl).replace("streamrag_pub", f"pub_{tag}"))
     tables = {f"{prefix}.{schema}.articles": base.cdc.tables["cdc.kb.articles"].model_dump()}
-    overrides = {
-        "CDC__TABLES": json.dumps(tables), "STORE__COLLECTION": f"fresh_{tag}",
-        "KAFKA__DOCUMENTS_TOPIC": f"fresh{tag}-documents", "KAFKA__CHUNKS_TOPIC": f"fresh{tag}-chunks",
-        "KAFKA__EMBEDDINGS_TOPIC": f"fresh{tag}-embeddings",
-        "KAFKA__DEAD_LETTER_TOPIC": f"fresh{tag}-dead-letters", "KAFKA__GROUP_ID": f"fresh{tag}",
-        "FLINK__BUNDLE_TIME_MS": "20", "FLINK__BUNDLE_SIZE": "10",
-    }
-    env = {**os.environ, **{f"STREAMRAG_{k}": v for k, v in overrides.items()}}
+    env = {**os.environ, **isolated_env(
+        f"fresh{tag}", CDC__TABLES=json.dumps(tables), FLINK__BUNDLE_TIME_MS="20",
+        FLINK__BUNDLE_SIZE="10")}
     os.environ.update(env)
     settings = load_settings()
 
@@ -87,7 +83,8 @@ def freshness_figures() -> dict[str, float]:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with conn.cursor() as cur:
             cur.executemany(
-                f"INSERT INTO {schema}.articles (id, tenant, title, body) VALUES (%s, 'acme', %s, %s)",
+                f"INSERT INTO {schema}.articles (id, tenant, title, body)"
+                " VALUES (%s, 'acme', %s, %s)",
                 [(i, f"Article {i}", body(i, 0)) for i in range(ROWS)])
         store = open_store(settings.store)
         ids = [chunk_id(f"{schema}.articles:{i}", 0) for i in range(ROWS)]
@@ -110,8 +107,8 @@ def freshness_figures() -> dict[str, float]:
         registry.delete(name, missing_ok=True)
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         conn.execute(f"DROP PUBLICATION IF EXISTS pub_{tag}")
-        _drop_slot(conn, f"slot_{tag}")
         conn.close()
+        drop_replication_slot(dsn, f"slot_{tag}")
     return {"freshness_p50_ms": round(percentile(latencies, 0.5)),
             "freshness_p99_ms": round(percentile(latencies, 0.99)),
             "freshness_updates": len(latencies)}
@@ -122,18 +119,6 @@ def _safe_count(store, ids: list[str]) -> int:  # type: ignore[no-untyped-def]
         return len(store.get(ids))
     except (StoreError, MilvusException):  # the collection appears with the first write
         return 0
-
-
-def _drop_slot(conn: psycopg.Connection, slot: str) -> None:
-    for _ in range(20):  # the slot stays active for a moment after the connector stops
-        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
-                           [slot]).fetchone()
-        if row is None:
-            return
-        if not row[0]:
-            conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
-            return
-        time.sleep(0.5)
 
 
 if __name__ == "__main__":

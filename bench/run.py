@@ -28,7 +28,7 @@ from bench.freshness import freshness_figures
 from jobs.chunking.cleaning import clean
 from jobs.chunking.stage import ChunkStage
 from jobs.embedding.model import load_model, model_fit_checker, resolve_model
-from streamrag.config import PROJECT_ROOT, Settings, load_settings
+from streamrag.config import PROJECT_ROOT, Settings, isolated_env, load_settings
 from streamrag.kafka import ensure_topics, read_topic, send_all
 from streamrag.records import DocumentEvent, Origin
 from streamrag.stores import open_store
@@ -107,15 +107,9 @@ def run_job(env: dict[str, str]) -> tuple[float, float]:
 
 
 def bench_settings() -> tuple[Settings, dict[str, str]]:
-    tag = uuid.uuid4().hex[:8]
-    overrides = {
-        "KAFKA__DOCUMENTS_TOPIC": f"bench{tag}-documents", "KAFKA__CHUNKS_TOPIC": f"bench{tag}-chunks",
-        "KAFKA__EMBEDDINGS_TOPIC": f"bench{tag}-embeddings",
-        "KAFKA__DEAD_LETTER_TOPIC": f"bench{tag}-dead-letters", "KAFKA__GROUP_ID": f"bench{tag}",
-        "STORE__COLLECTION": f"bench_{tag}", "FLINK__PARALLELISM": "1",
-        "EMBEDDING__TORCH_THREADS": str(TORCH_THREADS),
-    }
-    env = {**os.environ, **{f"STREAMRAG_{k}": v for k, v in overrides.items()}}
+    env = {**os.environ, **isolated_env(
+        f"bench{uuid.uuid4().hex[:8]}", FLINK__PARALLELISM="1",
+        EMBEDDING__TORCH_THREADS=str(TORCH_THREADS), CDC__TABLES="{}")}
     os.environ.update(env)
     return load_settings(), env
 

@@ -219,3 +219,17 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
 def dump_settings(settings: Settings) -> str:
     """YAML of the effective settings (secrets masked), e.g. for a k8s ConfigMap."""
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+
+
+def isolated_env(prefix: str, **extra: str) -> dict[str, str]:
+    """Environment overrides that give a run its own topics, consumer group and
+    collection/table (tests, benches): ``STREAMRAG_...`` variables, plus ``extra``
+    (``SECTION__KEY=value``)."""
+    names = {
+        "KAFKA__DOCUMENTS_TOPIC": f"{prefix}-documents", "KAFKA__CHUNKS_TOPIC": f"{prefix}-chunks",
+        "KAFKA__EMBEDDINGS_TOPIC": f"{prefix}-embeddings",
+        "KAFKA__DEAD_LETTER_TOPIC": f"{prefix}-dead-letters", "KAFKA__GROUP_ID": prefix,
+    }
+    store_name = "STORE__TABLE" if extra.get("STORE__KIND") == "pgvector" else "STORE__COLLECTION"
+    names[store_name] = prefix.replace("-", "_")
+    return {f"STREAMRAG_{k}": v for k, v in {**names, **extra}.items()}

@@ -9,6 +9,7 @@ skipped (add a new numbered file instead). An advisory lock serializes concurren
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import psycopg
@@ -74,3 +75,21 @@ def _apply(conn: psycopg.Connection, files: list[Path]) -> list[str]:
         applied.append(path.name)
     conn.commit()  # all files and their records at once, and the lock is released
     return applied
+
+
+def drop_replication_slot(dsn: str, slot: str, timeout_s: float = 30) -> bool:
+    """Drop a deleted connector's replication slot (a kept slot makes PostgreSQL retain
+    WAL forever). Waits while the slot is still active; returns False if it stays so."""
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                               [slot]).fetchone()
+            if row is None:
+                return True
+            if not row[0]:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)

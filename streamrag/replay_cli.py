@@ -98,21 +98,29 @@ def full_replay(settings: Settings, model: str | None = None, swap: bool = True,
     suffix = name.rpartition("__")[2]
     k = settings.kafka
     kafka = {"group_id": f"{k.group_id}-replay-{name}-{uuid.uuid4().hex[:6]}",
-             "chunks_topic": f"{k.chunks_topic}.{suffix}",
-             "embeddings_topic": f"{k.embeddings_topic}.{suffix}"}
+             **{t: f"{getattr(k, t)}.{suffix}"
+                for t in ("chunks_topic", "embeddings_topic", "dead_letter_topic")}}
     new = override_settings(settings, name, kafka=kafka, embedding={"model": model})
     estimate = _serving_count(settings)
+    topic = new.kafka.embeddings_topic
 
     def work(store: VectorStore) -> None:
-        ensure_topics(new)
-        run_job("jobs.pipeline", new, store, estimate, f"full replay {name}", progress)
-        topic = new.kafka.embeddings_topic
-        state = LogState()
-        for m in read_log(new, topic, None, end_offsets(new, topic)):
-            state.add(parse(m.value))
-        if state.model_ids() - {ref.model_id}:
-            raise GenerationError(f"{topic} holds vectors of other models than {ref.model_id}")
-        _verify(store, state.expected())
+        created = ensure_topics(new)
+        try:
+            if sum(end_offsets(new, topic).values()) > 0:
+                raise GenerationError(f"topic {topic} already holds records (of an earlier"
+                                      " full replay?): delete it, then run again")
+            run_job("jobs.pipeline", new, store, estimate, f"full replay {name}", progress)
+            state = LogState()
+            for m in read_log(new, topic, None, end_offsets(new, topic)):
+                state.add(parse(m.value))
+            if state.model_ids() - {ref.model_id}:
+                raise GenerationError(f"{topic} holds vectors of other models than"
+                                      f" {ref.model_id}")
+            _verify(store, state.expected())
+        except BaseException:
+            _delete_topics(new, [t for t in created if t.endswith(f".{suffix}")])
+            raise
 
     _build_verified(settings, name, work)
     if swap:
@@ -221,6 +229,17 @@ def _last_error(log: str) -> str:
     return ((hits or lines or ["no output"])[-1])[:400]
 
 
+def _delete_topics(settings: Settings, topics: list[str]) -> None:
+    """Delete topics that this replay created (empty before it), so a re-run starts clean."""
+    from confluent_kafka.admin import AdminClient
+
+    if topics:
+        admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+        for future in admin.delete_topics(topics, operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result()
+
+
 def _serving_count(settings: Settings) -> int | None:
     try:
         with _open(settings, gens.serving_name(settings)) as store:
@@ -294,10 +313,11 @@ def full_cmd(model: Annotated[str | None, typer.Option(
     """Re-chunk and re-embed from the source topics into a new generation, verify, swap."""
     s = _settings()
     g = full_replay(s, model, swap=not no_swap)
-    suffix = g.name.rpartition("__")[2]
+    suffix, k = g.name.rpartition("__")[2], s.kafka
     typer.echo(f"{g.name}: verified{', serving' if g.serving else ''} ({g.model_id})\n"
-               "restart the ingest job with: STREAMRAG_EMBEDDING__MODEL="
-               f"{model or s.embedding.model} STREAMRAG_KAFKA__CHUNKS_TOPIC="
-               f"{s.kafka.chunks_topic}.{suffix} STREAMRAG_KAFKA__EMBEDDINGS_TOPIC="
-               f"{s.kafka.embeddings_topic}.{suffix}")
+               "the ingest job must now run with the same model and topics, e.g. restart it"
+               f" with STREAMRAG_EMBEDDING__MODEL={model or s.embedding.model}"
+               f" STREAMRAG_KAFKA__CHUNKS_TOPIC={k.chunks_topic}.{suffix}"
+               f" STREAMRAG_KAFKA__EMBEDDINGS_TOPIC={k.embeddings_topic}.{suffix}"
+               f" STREAMRAG_KAFKA__DEAD_LETTER_TOPIC={k.dead_letter_topic}.{suffix}")
 

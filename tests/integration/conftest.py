@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrag.config import PROJECT_ROOT, Settings, load_settings
+from streamrag.config import PROJECT_ROOT, Settings, isolated_env, load_settings
 from streamrag.kafka import Message, ensure_topics, read_topic, send_all
 from streamrag.stores import open_store
 from streamrag.stores.base import VectorStore
@@ -66,17 +66,10 @@ class Pipeline:
 
 
 def make_pipeline(stack: Settings, store_kind: str) -> Pipeline:
-    tag = uuid.uuid4().hex[:8]
-    overrides = {
-        "KAFKA__DOCUMENTS_TOPIC": f"t{tag}-documents", "KAFKA__CHUNKS_TOPIC": f"t{tag}-chunks",
-        "KAFKA__EMBEDDINGS_TOPIC": f"t{tag}-embeddings",
-        "KAFKA__DEAD_LETTER_TOPIC": f"t{tag}-dead-letters", "KAFKA__GROUP_ID": f"t{tag}",
-        "STORE__KIND": store_kind,
-        ("STORE__COLLECTION" if store_kind == "milvus" else "STORE__TABLE"): f"t_{tag}",
-    }
     # No CDC topics unless the test maps some: a connector on the dev stack must not leak in.
-    overrides.setdefault("CDC__TABLES", os.environ.get("STREAMRAG_CDC__TABLES", "{}"))
-    env = {**os.environ, **{f"STREAMRAG_{k}": v for k, v in overrides.items()}}
+    cdc = os.environ.get("STREAMRAG_CDC__TABLES", "{}")
+    env = {**os.environ, **isolated_env(f"t{uuid.uuid4().hex[:8]}", STORE__KIND=store_kind,
+                                        CDC__TABLES=cdc)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # load_settings reads the same overrides as the job
     try:

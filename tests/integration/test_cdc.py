@@ -34,7 +34,7 @@ from jobs.chunking.stage import ChunkStage
 from jobs.embedding.model import model_fit_checker, resolve_model
 from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.kafka import read_topic
-from streamrag.migrate import migrate
+from streamrag.migrate import drop_replication_slot, migrate
 from streamrag.records import DocumentEvent, Origin
 from streamrag.stack import postgres_dsn
 from tests.integration.conftest import Pipeline, make_pipeline
@@ -134,16 +134,7 @@ def delete_topics(settings: Settings, topics: list[str]) -> None:
 
 
 def drop_slot(dsn: str, slot: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(60):  # the slot stays active until the deleted task has stopped
-            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
-                               [slot]).fetchone()
-            if row is None:
-                return
-            if not row[0]:
-                conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
-                return
-            time.sleep(0.5)
+    assert drop_replication_slot(dsn, slot, timeout_s=30), f"slot {slot} stayed active"
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ def sections(n: int, edited: int | None = None) -> str:
 
 
 def embedded_records(pipeline, doc_id: str, version: int) -> list[dict]:
-    records = [json.loads(m.value) for m in pipeline.topic(pipeline.settings.kafka.embeddings_topic)]
+    topic = pipeline.settings.kafka.embeddings_topic
+    records = [json.loads(m.value) for m in pipeline.topic(topic)]
     return [r for r in records if r["chunk"]["doc_id"] == doc_id
             and r["chunk"]["version"] == version and r["chunk"]["op"] == "upsert"]
 
