@@ -6,6 +6,8 @@ Bench: build a corpus of 40 documents x ~50 chunks of ~200 tokens from samples/c
   -> pipeline: produce to a fresh documents topic, run the ingest job (bounded, local
      PyFlink), until every chunk is in the index; RSS of the job's processes sampled
   -> edit: change one paragraph of one 50-chunk document, run again, count model calls
+  -> replay: re-materialize the index from the embeddings topic (bench/replay.py) and
+     compare with re-embedding the same chunks (the ingest run above: same job code)
   -> freshness: PostgreSQL commit -> indexed through Debezium (bench/freshness.py)
 
 Figures are measured in one run so that ratios compare like with like on a noisy machine.
@@ -25,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from bench.freshness import freshness_figures
+from bench.replay import replay_figures
 from jobs.chunking.cleaning import clean
 from jobs.chunking.stage import ChunkStage
 from jobs.embedding.model import load_model, model_fit_checker, resolve_model
@@ -147,6 +150,7 @@ def main() -> None:
     send_all(settings, settings.kafka.documents_topic, [(edited["id"], json.dumps(edited))])
     run_job(env)
     edit_embedded = count_embedded(settings) - embedded_before
+    replay = replay_figures(settings, env)
     store.drop()
     store.close()
 
@@ -160,6 +164,11 @@ def main() -> None:
         "pipeline_end_to_end_chunks_per_s": round(len(texts) / wall, 2),
         "edit_embedded_chunks": edit_embedded,
         "peak_rss_mb": round(peak_mb),
+        **replay,
+        "reembed_chunks_per_s": round(steady, 2),
+        # Both steady rates (once the job is up); wall rates, startup included, are above.
+        "replay_vs_reembed": round(replay["replay_steady_chunks_per_s"] / steady, 1),
+        "replay_vs_reembed_wall": round(replay["replay_chunks_per_s"] / (len(texts) / wall), 1),
     }
     print(f"figures so far: {json.dumps(figures)}", flush=True)
     figures.update(freshness_figures())

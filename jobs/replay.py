@@ -6,8 +6,9 @@
                      -> at the end of the input, every held trim
 
 Trims are keyed by document and may sit in another partition than the document's chunks;
-a trim only deletes positions >= n older than its version, so applying all of them after
-all upserts gives the same final state as the live stream did. That needs one applier:
+a trim only deletes positions >= n up to its version (its own event never upserts there),
+so applying the latest trim of each document after all upserts gives the same final state
+as the live stream did. That needs one applier:
 the job runs with parallelism 1 (which also leaves the other cores to live ingestion),
 and without restarts (buffered records would be lost; a failed replay is simply re-run).
 
@@ -64,7 +65,8 @@ def supersedes(new: ChunkRecord, old: ChunkRecord | None) -> bool:
 
 
 def trimmed(chunk: ChunkRecord | Expected, trim: ChunkRecord | None) -> bool:
-    return trim is not None and chunk.position >= trim.position and chunk.version < trim.version
+    """The store's trim rule: positions >= the trim's, versions up to the trim's."""
+    return trim is not None and chunk.position >= trim.position and chunk.version <= trim.version
 
 
 @dataclass(frozen=True, slots=True)

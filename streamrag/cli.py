@@ -14,10 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
+from streamrag.config import ConfigError, Settings, dump_settings, load_settings
+
 # typer vendors click; its exception classes hang off the public ones.
 ClickException = typer.BadParameter.__mro__[2]
-
-from streamrag.config import ConfigError, Settings, dump_settings, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Streaming RAG ingestion: Kafka + PyFlink -> Milvus / pgvector.")
@@ -111,14 +111,9 @@ def migrate(
              "(default: the local stack's).")] = None,
 ) -> None:
     """Create the CDC source schema (sql/source/*.sql, idempotent)."""
-    from streamrag.migrate import MigrationError
     from streamrag.migrate import migrate as apply_migrations
 
-    try:
-        applied = apply_migrations(settings(), dsn)
-    except MigrationError as e:
-        typer.echo(f"streamrag: error: {e}", err=True)
-        raise SystemExit(1) from None  # typer.Exit is swallowed by standalone_mode=False
+    applied = apply_migrations(settings(), dsn)
     typer.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -129,57 +124,37 @@ def _key_value(item: str) -> tuple[str, str]:
     return key, value
 
 
-def _mount_optional_apps() -> None:
-    try:
-        from streamrag.stack import app as stack_app
-    except ImportError:
-        pass
-    else:
-        app.add_typer(stack_app, name="stack",
-                      help="Local services: Kafka, Connect, PostgreSQL, Milvus Lite.")
-    try:
-        from streamrag.replay_cli import app as replay_app
-    except ImportError:
-        pass
-    else:  # adds the `generations` and `replay` command groups
-        app.add_typer(replay_app)
-    try:
-        from connect.cli import app as connect_app
-    except ImportError:
-        return
+def _mount_command_groups() -> None:
+    # Imported here, not at the top: `streamrag query` should not pay for every group.
+    from connect.cli import app as connect_app
+    from streamrag.cluster import app as cluster_app
+    from streamrag.replay_cli import app as replay_app
+    from streamrag.stack import app as stack_app
+
+    app.add_typer(stack_app, name="stack",
+                  help="Local services: Kafka, Connect, PostgreSQL, Milvus Lite.")
     app.add_typer(connect_app, name="connect",
                   help="Kafka Connect connectors: Debezium PostgreSQL -> CDC topics.")
+    app.add_typer(cluster_app, name="cluster")
+    app.add_typer(replay_app)  # the `generations` and `replay` command groups
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures that end with one line for the user instead of a traceback."""
+    from connect.registry import ConnectError
+    from streamrag.cluster import ClusterError
+    from streamrag.generations import GenerationError
     from streamrag.kafka import KafkaUnavailable
+    from streamrag.migrate import MigrationError
+    from streamrag.stack import StackError
     from streamrag.stores.base import StoreError
 
-    errors: list[type[BaseException]] = [ConfigError, KafkaUnavailable, StoreError,
-                                         FileNotFoundError]
-    try:
-        from streamrag.stack import StackError
-
-        errors.append(StackError)
-    except ImportError:
-        pass
-    try:
-        from streamrag.generations import GenerationError
-
-        errors.append(GenerationError)
-    except ImportError:
-        pass
-    try:
-        from connect.registry import ConnectError
-
-        errors.append(ConnectError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (ConfigError, KafkaUnavailable, StoreError, StackError, GenerationError,
+            ConnectError, ClusterError, MigrationError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> None:
-    _mount_optional_apps()
+    _mount_command_groups()
     try:
         # Without standalone mode click returns a command's exit code instead of exiting.
         code = app(args=argv, standalone_mode=False)

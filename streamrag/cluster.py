@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import pyflink
 import typer
 import yaml
 
-import pyflink
 from streamrag.config import PROJECT_ROOT, Settings, load_settings
 
 PYFLINK_HOME = Path(pyflink.__file__).parent
@@ -35,7 +35,8 @@ def conf_dir(settings: Settings) -> Path:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, "FLINK_HOME": str(PYFLINK_HOME), "FLINK_CONF_DIR": str(conf_dir(settings)),
+    return {**os.environ, "FLINK_HOME": str(PYFLINK_HOME),
+            "FLINK_CONF_DIR": str(conf_dir(settings)),
             "FLINK_LOG_DIR": str(Path(settings.stack.work_dir) / "logs" / "flink")}
 
 

@@ -54,7 +54,8 @@ def create_context(settings: Settings, job_name: str) -> FlinkContext:
     conf.set_string("python.client.executable", sys.executable)
     conf.set_string("python.fn-execution.bundle.size", str(settings.flink.bundle_size))
     conf.set_string("python.fn-execution.bundle.time", str(settings.flink.bundle_time_ms))
-    conf.set_string("execution.checkpointing.interval", f"{settings.flink.checkpoint_interval_ms} ms")
+    interval = f"{settings.flink.checkpoint_interval_ms} ms"
+    conf.set_string("execution.checkpointing.interval", interval)
     conf.set_string("execution.checkpointing.checkpoints-after-tasks-finish", "true")
     conf.set_string("rest.bind-address", "127.0.0.1")
     conf.set_string("rest.address", "127.0.0.1")

@@ -12,7 +12,6 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 
 from streamrag.config import Settings
 
-
 MAX_MESSAGE_BYTES = 16 * 2**20
 
 
@@ -44,7 +43,7 @@ def ensure_topics(settings: Settings) -> list[str]:
         raise KafkaUnavailable(f"Kafka at {settings.kafka.bootstrap} is not reachable: {e}") from e
     new = [NewTopic(name, settings.kafka.partitions, 1, config=config)
            for name, config in topic_configs(settings).items() if name not in existing]
-    for name, future in (admin.create_topics(new).items() if new else []):
+    for future in (admin.create_topics(new).values() if new else []):
         try:
             future.result()
         except KafkaException as e:
@@ -93,8 +92,9 @@ class RecordProducer:
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 30) -> Iterator[Message]:
     """Every record of ``topic`` from the earliest offset up to the end at call time."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "streamrag-reader",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap,
+                         "group.id": "streamrag-reader", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         parts = [TopicPartition(topic, p) for p in meta.partitions]

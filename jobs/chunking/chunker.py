@@ -9,9 +9,9 @@ invariant 6): a chunk that the model would truncate is cut shorter until it fits
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-import zlib
 from functools import cache
 
 import tiktoken

@@ -1,4 +1,4 @@
-"""Chunk stage logic: DocumentEvent + state -> ChunkRecords (the Flink shell is in jobs.pipeline)."""
+"""Chunk stage logic: DocumentEvent + state -> ChunkRecords (Flink shell: jobs.pipeline)."""
 
 from __future__ import annotations
 

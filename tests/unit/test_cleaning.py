@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from jobs.chunking.cleaning import clean, html_to_text, normalize
 
 

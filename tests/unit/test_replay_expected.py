@@ -46,9 +46,18 @@ def test_trims_apply_after_all_upserts_whatever_the_order():
     assert sorted(expected_state(log)) == ["a-0", "a-1"]
 
 
-def test_a_trim_keeps_chunks_of_its_own_version_and_newer():
+def test_a_trim_keeps_newer_chunks():
     log = [up("a", 0, 1), up("a", 1, 3), up("a", 2, 1), trim("a", 0, 2)]
     assert sorted(expected_state(log)) == ["a-1"]
+
+
+def test_a_trim_removes_chunks_of_its_own_version():
+    # Insert and tombstone in the same millisecond: the delete (a trim from 0) wins.
+    log = [up("a", 0, 5), up("a", 1, 5), trim("a", 0, 5)]
+    assert expected_state(log) == {}
+    # An update of the same version that shrank: the surplus position goes.
+    log = [up("b", 0, 7), up("b", 1, 7), up("b", 2, 7), up("b", 0, 7, "new"), trim("b", 1, 7)]
+    assert sorted(expected_state(log)) == ["b-0"]
 
 
 def test_a_delete_is_a_trim_from_zero():
@@ -104,14 +113,15 @@ class FakeStore:
             if old is None or old.version <= r.chunk.version:
                 self.rows[r.chunk.chunk_id] = r.chunk
 
-    def trim(self, doc_id: str, from_position: int, below_version: int) -> None:
+    def trim(self, doc_id: str, from_position: int, up_to_version: int) -> None:
         self.rows = {i: c for i, c in self.rows.items() if not (
-            c.doc_id == doc_id and c.position >= from_position and c.version < below_version)}
+            c.doc_id == doc_id and c.position >= from_position and c.version <= up_to_version)}
 
 
 def test_applying_in_phases_gives_the_expected_state():
     log = [trim("a", 2, 2), up("a", 0, 1), up("a", 1, 1), up("a", 2, 1), up("a", 0, 2),
-           up("a", 1, 2), up("b", 0, 1), trim("b", 0, 3), up("c", 0, 1), up("c", 0, 1, "re")]
+           up("a", 1, 2), up("b", 0, 1), trim("b", 0, 3), up("c", 0, 1), up("c", 0, 1, "re"),
+           up("d", 0, 4), up("d", 1, 4), trim("d", 0, 4)]
     store = FakeStore()
     apply_in_phases(store, log)  # type: ignore[arg-type]
     assert sorted(store.rows) == sorted(expected_state(log))
