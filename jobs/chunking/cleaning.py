@@ -14,9 +14,12 @@ from bs4 import BeautifulSoup, NavigableString, Tag
 from markdown_it import MarkdownIt
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
-_BLOCK_TAGS = frozenset(
-    ["p", "div", "section", "article", "header", "footer", "aside", "nav", "main", "blockquote", "pre", "ul", "ol", "li", "dl", "dt", "dd", "table", "thead", "tbody", "tfoot", "tr", "caption", "figure", "figcaption", "form", "fieldset", "details", "summary", "address", "hr", "br"]
-)
+_BLOCK_TAGS = frozenset({
+    "p", "div", "section", "article", "header", "footer", "aside", "nav", "main", "blockquote",
+    "pre", "ul", "ol", "li", "dl", "dt", "dd", "table", "thead", "tbody", "tfoot", "tr",
+    "caption", "figure", "figcaption", "form", "fieldset", "details", "summary", "address",
+    "hr", "br",
+})
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 _CELL_TAGS = frozenset({"td", "th"})
 _DROP_TAGS = ("script", "style", "noscript", "template", "head", "svg")
