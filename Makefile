@@ -1,6 +1,7 @@
 # streamrag: the two commands are `make demo` and `make test` (see README.md).
 # Everything is installed by these targets on a fresh machine: the Python venv from
-# pyproject.toml (PyPI), the JVM jars from pom.xml (Maven Central).
+# pyproject.toml (PyPI), the JVM jars from pom.xml (Maven Central). Every version is pinned
+# in pyproject.toml; `python -m streamrag.versions maven` hands the JVM pins to Maven.
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -23,11 +24,14 @@ $(VENV)/.installed: pyproject.toml
 
 jars: $(JARS)/.resolved
 
-$(JARS)/.resolved: pom.xml
+$(JARS)/.resolved: pom.xml pyproject.toml
 	@command -v mvn >/dev/null || { echo "error: mvn (Maven) not found"; exit 1; }
 	@command -v java >/dev/null || { echo "error: java (17+) not found"; exit 1; }
 	rm -rf $(JARS)/kafka $(JARS)/debezium $(JARS)/flink
-	for profile in kafka debezium flink; do mvn -q -B -P $$profile dependency:copy-dependencies || exit 1; done
+	versions="$$($(PYTHON) -m streamrag.versions maven)" || exit 1; \
+	for profile in kafka debezium flink; do \
+	  mvn -q -B -P $$profile $$versions dependency:copy-dependencies || exit 1; \
+	done
 	touch $@
 
 stack-up: install
