@@ -1,0 +1,177 @@
+"""DESIGN.md invariant 1 under real crashes, on both stores: after a crash and restore the
+index equals what a clean run gives (no duplicate, no stale, no missing chunk).
+
+The streaming ingest job gets three waves of documents (new, shrunk or deleted, changed
+again) and two crashes, both SIGKILL in the middle of a wave:
+
+1. its Python worker dies after a checkpoint has committed the first wave's offsets:
+   Flink fails the task over and restores offsets and keyed state from that checkpoint,
+   inside the same job;
+2. the whole job dies (client, JVM, workers), as with a lost machine: a new job starts
+   from the committed offsets without state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from jobs.chunking.planner import chunk_id
+from jobs.chunking.stage import ChunkStage
+from jobs.embedding.model import model_fit_checker, resolve_model
+from streamrag import generations
+from streamrag.config import PROJECT_ROOT, Settings
+from streamrag.records import DocumentEvent, Origin
+from tests.integration.conftest import CLI, Pipeline
+
+pytestmark = pytest.mark.integration
+
+SENTENCE = ("Checkpoint barriers flow with the records, so the offsets and the keyed state "
+            "of one checkpoint describe the same point of the stream. ")
+
+
+def document(n: int, version: int, parts: int) -> dict:
+    text = "\n\n".join(f"## Part {i} of note {n}, v{version}\n\n{SENTENCE * 4}"
+                       for i in range(parts))
+    return {"id": f"note-{n:02}", "text": text, "content_type": "markdown", "version": version}
+
+
+def expected_index(settings: Settings, docs: list[dict]) -> dict[str, tuple]:
+    """What a clean run leaves for the latest version of each document."""
+    fits, max_len = model_fit_checker(resolve_model(settings.embedding.model))
+    stage = ChunkStage(settings.chunking, fits, max_len - 2)
+    latest: dict[str, dict] = {}
+    for d in docs:
+        if d["version"] >= latest.get(d["id"], d)["version"]:
+            latest[d["id"]] = d
+    out = {}
+    for d in latest.values():
+        event = DocumentEvent(doc_id=d["id"], version=d["version"], source="t",
+                              origin=Origin("t", 0, 0), text=d["text"],
+                              content_type=d["content_type"])
+        for i, span in enumerate(stage.spans(event)):
+            out[chunk_id(d["id"], i)] = (d["id"], d["version"], i, span.text)
+    return out
+
+
+def index_now(p: Pipeline) -> dict[str, tuple]:
+    if generations.serving(p.settings) is None:  # the job has not created the index yet
+        return {}
+    store = p.store()
+    try:
+        return {c.chunk_id: (c.doc_id, c.version, c.position, c.text)
+                for c in store.get(store.all_ids())}
+    finally:
+        store.close()
+
+
+def committed_offsets(settings: Settings) -> int:
+    """Sum of the offsets the job's consumer group has committed on the documents topic."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap,
+                         "group.id": settings.kafka.group_id, "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(settings.kafka.documents_topic, p)
+                 for p in range(settings.kafka.partitions)]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Job:
+    """The ingest job, unbounded as in production, with its output in ``log``."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, p: Pipeline, log: Path) -> Job:
+        with log.open("wb") as out:
+            proc = subprocess.Popen([CLI, "run"], env=p.env, cwd=PROJECT_ROOT, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        return cls(proc, log)
+
+    def processes(self) -> list[psutil.Process]:
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
+    def kill_python_workers(self) -> None:
+        workers = [c for c in self.processes() if "beam_boot" in " ".join(c.cmdline())]
+        assert workers, "no Python worker process found under the job"
+        for w in workers:
+            w.send_signal(signal.SIGKILL)
+
+    def kill(self) -> None:
+        """SIGKILL to the client, the JVM and the Python workers."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for proc in self.processes():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def wait_for(self, condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 300
+        while not condition():
+            if self.proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"the job ended before {what}:\n{tail}")
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.3)
+
+
+def crash_mid_way(p: Pipeline, job: Job, want: dict[str, tuple],
+                  kill: Callable[[], None]) -> None:
+    """Once some but not all chunks of ``want`` are in the index, ``kill`` (part of) the job."""
+
+    def done() -> int:
+        return len(want.items() & index_now(p).items())
+
+    job.wait_for(lambda: done() > 0, "the first chunks of the wave")
+    assert done() < len(want), "the wave was indexed before the crash: make it larger"
+    kill()
+
+
+def wave(version: int, parts: int, deleted: set[str]) -> list[dict]:
+    return [document(n, version, parts) for n in range(40) if f"note-{n:02}" not in deleted]
+
+
+def test_after_a_crash_and_restore_the_index_equals_a_clean_run(pipeline: Pipeline,
+                                                               tmp_path: Path):
+    first = wave(1, parts=6, deleted=set())
+    deleted = {"note-01", "note-03"}
+    second = wave(2, parts=4, deleted=deleted)  # every note shrinks; two are deleted
+    third = wave(3, parts=5, deleted=deleted)
+    job = Job.start(pipeline, tmp_path / "job.log")
+    try:
+        # 1. A Python worker dies: Flink restores offsets and keyed state in the same job.
+        pipeline.produce_docs(first)
+        job.wait_for(lambda: committed_offsets(pipeline.settings) == len(first),
+                     "a checkpoint after the first wave")
+        pipeline.produce_docs(second)
+        pipeline.produce([(doc_id, None) for doc_id in sorted(deleted)])
+        want = without(expected_index(pipeline.settings, first + second), deleted)
+        crash_mid_way(pipeline, job, want, job.kill_python_workers)
+        job.wait_for(lambda: index_now(pipeline) == want, "the recovered job to catch up")
+
+        # 2. The whole job dies; a new one, without state, goes on from the committed offsets.
+        pipeline.produce_docs(third)
+        want = without(expected_index(pipeline.settings, first + second + third), deleted)
+        crash_mid_way(pipeline, job, want, job.kill)
+    finally:
+        job.kill()
+    pipeline.run()
+    assert index_now(pipeline) == want
+    assert pipeline.dead_letters() == []
+
+
+def without(index: dict[str, tuple], doc_ids: set[str]) -> dict[str, tuple]:
+    return {k: v for k, v in index.items() if v[0] not in doc_ids}
