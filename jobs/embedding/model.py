@@ -56,12 +56,33 @@ def model_fit_checker(ref: ModelRef) -> tuple[Callable[[str], bool], int]:
     path = Path(ref.path)
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     tokenizer.no_truncation()
-    max_len = int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])
+    max_len = max_seq_length(path)
 
     def fits(text: str) -> bool:
         return len(tokenizer.encode(text).ids) <= max_len
 
     return fits, max_len
+
+
+def max_seq_length(path: Path) -> int:
+    """The longest input, in word pieces, that the model keeps, decided as
+    sentence-transformers does: ``max_seq_length`` of ``sentence_bert_config.json``
+    (saves before sentence-transformers 6, e.g. the bundled model), else the tokenizer's
+    ``model_max_length``, never more than the transformer's position embeddings."""
+
+    def config(name: str) -> dict:
+        file = path / name
+        return json.loads(file.read_text()) if file.exists() else {}
+
+    explicit = config("sentence_bert_config.json").get("max_seq_length")
+    if explicit:
+        return int(explicit)
+    limits = [config("tokenizer_config.json").get("model_max_length"),
+              config("config.json").get("max_position_embeddings")]
+    known = [int(n) for n in limits if isinstance(n, int | float) and 0 < n < 1e9]
+    if not known:
+        raise ValueError(f"cannot tell the maximum sequence length of the model at {path}")
+    return min(known)
 
 
 def model_dimension(ref: ModelRef) -> int:
@@ -74,7 +95,10 @@ def model_dimension(ref: ModelRef) -> int:
         if not module["path"] or not config.exists():
             continue
         data = json.loads(config.read_text())
-        dim = data.get("out_features") or data.get("word_embedding_dimension") or dim
+        # Dense: out_features; Pooling: embedding_dimension (sentence-transformers >= 6)
+        # or word_embedding_dimension (older saves, e.g. the bundled model).
+        dim = (data.get("out_features") or data.get("embedding_dimension")
+               or data.get("word_embedding_dimension") or dim)
     if dim is None:
         raise ValueError(f"cannot tell the embedding dimension of model {ref.model_id}")
     return int(dim)

@@ -181,6 +181,58 @@ def test_retriever_uses_the_serving_generations_model(ingested: Pipeline):
     assert generations.serving(settings).model_id == BUNDLED_MODEL_ID
 
 
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A second offline model: the bundled MiniLM weights with max pooling instead of mean
+    pooling, saved as a local sentence-transformers model. Same size, other vectors."""
+    from sentence_transformers import SentenceTransformer, models
+
+    from jobs.embedding.model import load_model, resolve_model
+
+    transformer = load_model(resolve_model("bundled"))[0]
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="max")
+    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    path = tmp_path_factory.mktemp("models") / "minilm-max-pooling"
+    model.save(str(path))
+    return str(path)
+
+
+def test_a_full_replay_with_another_model_switches_searches_to_it(ingested: Pipeline,
+                                                                  second_model: str):
+    from jobs.embedding.model import ModelRef, load_model, model_fit_checker
+    from streamrag.query import Retriever
+
+    settings = ingested.settings
+    before = generations.serving(settings)
+    live = ingested.store()
+    old = snapshot(live)
+    new = full_replay(settings, model=second_model, progress=False)
+    try:
+        assert new.serving and new.model_id == second_model != before.model_id
+        got = snapshot(live)  # the serving name now shows the new model's generation
+        assert sorted(got) == sorted(old)
+        assert {c.model_id for c in got.values()} == {second_model}
+        probe = got[sorted(got)[0]]
+        model = load_model(ModelRef(second_model, second_model))
+        assert model_fit_checker(ModelRef(second_model, second_model))[1] == model.max_seq_length
+        want = model.encode([probe.text], normalize_embeddings=True)[0]
+        np.testing.assert_allclose(probe.vector, want, atol=1e-4)  # re-embedded by it
+        assert not np.allclose(probe.vector, old[probe.chunk_id].vector, atol=1e-2)
+
+        retriever = Retriever(settings)
+        assert retriever.model_id == second_model  # queries use the index's model
+        (hit,) = retriever.search(probe.text, 1)
+        assert hit.chunk.chunk_id == probe.chunk_id and hit.score > 0.99
+        retriever.close()
+    finally:
+        generations.rollback(settings)
+        live.close()
+    assert generations.serving(settings).number == before.number  # g0 is renamed at a swap
+    retriever = Retriever(settings)
+    assert retriever.model_id == before.model_id
+    retriever.close()
+
+
 def test_drop_old_keeps_the_serving_generation(ingested: Pipeline):
     settings = ingested.settings
     serving = generations.serving(settings)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from jobs.chunking.planner import chunk_id, content_hash, trim_key
 from jobs.embedding.embedder import Embedder
-from jobs.embedding.model import model_dimension, model_fit_checker, resolve_model
+from jobs.embedding.model import (
+    ModelRef,
+    max_seq_length,
+    model_dimension,
+    model_fit_checker,
+    resolve_model,
+)
 from streamrag.records import ChunkRecord, EmbeddingRecord
 
 MODEL = "test-model"
@@ -158,6 +166,43 @@ def test_bundled_model_has_384_dimensions_and_256_word_pieces():
     assert max_len == 256
     assert fits("short text")
     assert not fits("word " * 300)
+
+
+def saved_model(root: Path, modules: dict[str, dict]) -> ModelRef:
+    """The module configs of a saved sentence-transformers model (no weights needed)."""
+    entries = [{"idx": 0, "name": "0", "path": "", "type": "Transformer"}]
+    for i, (path, config) in enumerate(modules.items(), start=1):
+        (root / path).mkdir()
+        (root / path / "config.json").write_text(json.dumps(config))
+        entries.append({"idx": i, "name": str(i), "path": path, "type": path.split("_")[1]})
+    (root / "modules.json").write_text(json.dumps(entries))
+    return ModelRef(str(root), "saved")
+
+
+def test_dimension_of_models_saved_by_old_and_new_sentence_transformers(tmp_path: Path):
+    old, new, dense = (tmp_path / n for n in ("old", "new", "dense"))
+    for d in (old, new, dense):
+        d.mkdir()
+    assert model_dimension(saved_model(old, {"1_Pooling": {"word_embedding_dimension": 384}})
+                           ) == 384
+    assert model_dimension(saved_model(new, {"1_Pooling": {"embedding_dimension": 768}})) == 768
+    assert model_dimension(saved_model(dense, {"1_Pooling": {"embedding_dimension": 384},
+                                               "2_Dense": {"out_features": 128}})) == 128
+
+
+def test_max_seq_length_of_old_and_new_saves(tmp_path: Path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    for d in (old, new):
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"max_position_embeddings": 512}))
+    (old / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256}))
+    (new / "sentence_bert_config.json").write_text(json.dumps({"transformer_task": "x"}))
+    (new / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 384}))
+
+    assert max_seq_length(old) == 256
+    assert max_seq_length(new) == 384
+    (new / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1e30}))
+    assert max_seq_length(new) == 512  # "no limit" from the tokenizer: the model's limit
 
 
 def test_fit_checker_counts_special_tokens():
