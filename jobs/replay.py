@@ -36,7 +36,7 @@ from pyflink.datastream import FlatMapFunction, RuntimeContext
 from streamrag.config import Settings
 from streamrag.flink import create_context, kafka_source
 from streamrag.generations import GenerationError
-from streamrag.kafka import KafkaUnavailable, Message
+from streamrag.kafka import KafkaUnavailable, Message, end_offsets_of
 from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores import open_store
 from streamrag.stores.base import VectorStore, apply_records
@@ -137,11 +137,7 @@ def expected_state(records: Iterable[EmbeddingRecord | None]) -> dict[str, Expec
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     consumer = _consumer(settings)
     try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise KafkaUnavailable(f"topic {topic} does not exist")
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in meta.partitions}
+        return end_offsets_of(consumer, topic)
     finally:
         consumer.close()
 

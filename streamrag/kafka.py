@@ -6,9 +6,15 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    retry,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from streamrag.config import Settings
 
@@ -90,15 +96,39 @@ class RecordProducer:
             self._errors.append(str(err))
 
 
+# A topic created a moment ago may have no partition leader yet: these pass.
+_LEADER_ELECTION = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION,
+                              KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+def _transient(e: BaseException) -> bool:
+    if not isinstance(e, KafkaException) or not isinstance(e.args[0], KafkaError):
+        return False
+    err: KafkaError = e.args[0]
+    return err.code() in _LEADER_ELECTION or err.retriable()
+
+
+@retry(retry=retry_if_exception(_transient), wait=wait_exponential(0.2, max=2),
+       stop=stop_after_delay(30), reraise=True)
+def end_offsets_of(consumer: Consumer, topic: str) -> dict[int, int]:
+    """Partition -> end offset (high watermark) of ``topic``, retried with backoff while
+    its partitions have no leader yet."""
+    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None:
+        raise KafkaUnavailable(f"topic {topic} does not exist")
+    if meta.error is not None:
+        raise KafkaException(meta.error)
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in meta.partitions}
+
+
 def read_topic(settings: Settings, topic: str, timeout_s: float = 30) -> Iterator[Message]:
     """Every record of ``topic`` from the earliest offset up to the end at call time."""
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap,
                          "group.id": "streamrag-reader", "enable.auto.commit": False,
                          "auto.offset.reset": "earliest"})
     try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        parts = [TopicPartition(topic, p) for p in meta.partitions]
-        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        ends = end_offsets_of(consumer, topic)
         todo = {p for p, end in ends.items() if end > 0}
         consumer.assign([TopicPartition(topic, p, 0) for p in todo])
         deadline = time.monotonic() + timeout_s
