@@ -328,6 +328,9 @@ class Connect(JavaService):
                 "offset.storage.replication.factor": 1,
                 "status.storage.replication.factor": 1,
                 "offset.flush.interval.ms": 1000,
+                # One worker: when it dies there is no other to wait for before its
+                # connectors are assigned again (the default waits up to 5 minutes).
+                "scheduled.rebalance.max.delay.ms": 0,
                 "plugin.path": plugins,
                 # Debezium ships ServiceLoader manifests: skip the slow reflective scan.
                 "plugin.discovery": "service_load",
