@@ -24,7 +24,8 @@ from pymilvus import MilvusException
 
 from connect.registry import ConnectRegistry, connect_url, load_connector_file
 from jobs.chunking.planner import chunk_id
-from streamrag.config import PROJECT_ROOT, isolated_env, load_settings
+from streamrag import generations
+from streamrag.config import PROJECT_ROOT, CdcConfig, isolated_env, load_settings
 from streamrag.migrate import drop_replication_slot
 from streamrag.stack import postgres_dsn
 from streamrag.stores import open_store
@@ -61,7 +62,10 @@ def freshness_figures() -> dict[str, float]:
     ddl = (PROJECT_ROOT / "sql/source/001_articles.sql").read_text()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(re.sub(r"\bkb\b", schema, ddl).replace("streamrag_pub", f"pub_{tag}"))
-    tables = {f"{prefix}.{schema}.articles": base.cdc.tables["cdc.kb.articles"].model_dump()}
+    # The sample schema's own mapping (the defaults): the caller's environment may have
+    # overridden cdc.tables for its own isolated run (bench/run.py sets none).
+    sample = CdcConfig().tables["cdc.kb.articles"]
+    tables = {f"{prefix}.{schema}.articles": sample.model_dump()}
     env = {**os.environ, **isolated_env(
         f"fresh{tag}", CDC__TABLES=json.dumps(tables), FLINK__BUNDLE_TIME_MS="20",
         FLINK__BUNDLE_SIZE="10")}
@@ -115,6 +119,8 @@ def freshness_figures() -> dict[str, float]:
 
 
 def _safe_count(store, ids: list[str]) -> int:  # type: ignore[no-untyped-def]
+    if generations.serving(load_settings()) is None:  # the job has not created it yet
+        return 0
     try:
         return len(store.get(ids))
     except (StoreError, MilvusException):  # the collection appears with the first write

@@ -1,39 +1,44 @@
 """DESIGN.md invariant 1 under real crashes, on both stores: after a crash and restore the
 index equals what a clean run gives (no duplicate, no stale, no missing chunk).
 
-The streaming ingest job gets three waves of documents (new, shrunk or deleted, changed
-again) and two crashes, both SIGKILL in the middle of a wave:
+Three waves of documents (new; shrunk or deleted; changed again), two SIGKILLs mid-wave:
 
-1. its Python worker dies after a checkpoint has committed the first wave's offsets:
-   Flink fails the task over and restores offsets and keyed state from that checkpoint,
-   inside the same job;
-2. the whole job dies (client, JVM, workers), as with a lost machine: a new job starts
-   from the committed offsets without state.
+1. On a Flink cluster (`flink run`, the local standalone one), the job's Python worker
+   process dies after a checkpoint committed the first wave's offsets: Flink fails the
+   task over and restores offsets and keyed state from that checkpoint (the failover is
+   checked in Flink's REST API). In local execution Python runs inside the client
+   process, so only a cluster has a worker to kill.
+2. The whole local job dies (client, JVM, Python), as with a lost machine: a new job
+   starts from the committed offsets without state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
+import requests
 from confluent_kafka import Consumer, TopicPartition
 
 from jobs.chunking.planner import chunk_id
 from jobs.chunking.stage import ChunkStage
 from jobs.embedding.model import model_fit_checker, resolve_model
-from streamrag import generations
+from streamrag import cluster, generations
 from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.records import DocumentEvent, Origin
 from tests.integration.conftest import CLI, Pipeline
 
 pytestmark = pytest.mark.integration
+
+FLINK_REST = f"http://127.0.0.1:{cluster.REST_PORT}"
 
 SENTENCE = ("Checkpoint barriers flow with the records, so the offsets and the keyed state "
             "of one checkpoint describe the same point of the stream. ")
@@ -104,12 +109,6 @@ class Job:
         root = psutil.Process(self.proc.pid)
         return [root, *root.children(recursive=True)]
 
-    def kill_python_workers(self) -> None:
-        workers = [c for c in self.processes() if "beam_boot" in " ".join(c.cmdline())]
-        assert workers, "no Python worker process found under the job"
-        for w in workers:
-            w.send_signal(signal.SIGKILL)
-
     def kill(self) -> None:
         """SIGKILL to the client, the JVM and the Python workers."""
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -144,25 +143,71 @@ def wave(version: int, parts: int, deleted: set[str]) -> list[dict]:
     return [document(n, version, parts) for n in range(40) if f"note-{n:02}" not in deleted]
 
 
-def test_after_a_crash_and_restore_the_index_equals_a_clean_run(pipeline: Pipeline,
-                                                               tmp_path: Path):
+@contextlib.contextmanager
+def cluster_job(settings: Settings) -> Iterator[str]:
+    """The ingest job submitted (unbounded, detached) to a local standalone Flink cluster;
+    yields its job id and cancels it at the end."""
+    cluster.up(settings)
+    try:
+        cluster.submit(settings, [], detached=True)
+        jobs = requests.get(f"{FLINK_REST}/jobs/overview", timeout=10).json()["jobs"]
+        (job_id,) = [j["jid"] for j in jobs if j["state"] == "RUNNING"]
+        yield job_id
+        requests.patch(f"{FLINK_REST}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10)
+    finally:
+        cluster.down(settings)
+
+
+def task_manager_python_workers() -> list[psutil.Process]:
+    task_managers = [p for p in psutil.process_iter()
+                     if "TaskManagerRunner" in " ".join(p.cmdline())]
+    return [c for tm in task_managers for c in tm.children(recursive=True)
+            if "pyflink.fn_execution" in " ".join(c.cmdline())]
+
+
+def flink_job(job_id: str) -> tuple[str, int]:
+    """(state, failures so far) of a job on the local cluster."""
+    state = requests.get(f"{FLINK_REST}/jobs/{job_id}", timeout=10).json()["state"]
+    history = requests.get(f"{FLINK_REST}/jobs/{job_id}/exceptions", timeout=10).json()
+    return state, len(history["exceptionHistory"]["entries"])
+
+
+def poll(condition: Callable[[], bool], what: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_after_a_crash_and_restore_the_index_equals_a_clean_run(
+        pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(os, "environ", pipeline.env)  # flink run builds the job from it
     first = wave(1, parts=6, deleted=set())
     deleted = {"note-01", "note-03"}
     second = wave(2, parts=4, deleted=deleted)  # every note shrinks; two are deleted
     third = wave(3, parts=5, deleted=deleted)
-    job = Job.start(pipeline, tmp_path / "job.log")
-    try:
-        # 1. A Python worker dies: Flink restores offsets and keyed state in the same job.
+
+    # 1. On the cluster, a Python worker dies: Flink restores offsets and keyed state.
+    with cluster_job(pipeline.settings) as job_id:
         pipeline.produce_docs(first)
-        job.wait_for(lambda: committed_offsets(pipeline.settings) == len(first),
-                     "a checkpoint after the first wave")
+        poll(lambda: committed_offsets(pipeline.settings) == len(first),
+             "a checkpoint after the first wave")
         pipeline.produce_docs(second)
         pipeline.produce([(doc_id, None) for doc_id in sorted(deleted)])
         want = without(expected_index(pipeline.settings, first + second), deleted)
-        crash_mid_way(pipeline, job, want, job.kill_python_workers)
-        job.wait_for(lambda: index_now(pipeline) == want, "the recovered job to catch up")
+        poll(lambda: len(want.items() & index_now(pipeline).items()) > 0,
+             "the first chunks of the second wave")
+        assert len(want.items() & index_now(pipeline).items()) < len(want), "make it larger"
+        workers = task_manager_python_workers()
+        assert workers, "no Python worker process under the TaskManager"
+        for worker in workers:
+            worker.send_signal(signal.SIGKILL)
+        poll(lambda: index_now(pipeline) == want, "the job to recover and catch up")
+        assert flink_job(job_id)[0] == "RUNNING" and flink_job(job_id)[1] >= 1  # it failed over
 
-        # 2. The whole job dies; a new one, without state, goes on from the committed offsets.
+    # 2. The whole local job dies; a new one, without state, goes on from committed offsets.
+    job = Job.start(pipeline, tmp_path / "job.log")
+    try:
         pipeline.produce_docs(third)
         want = without(expected_index(pipeline.settings, first + second + third), deleted)
         crash_mid_way(pipeline, job, want, job.kill)
