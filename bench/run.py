@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from bench.freshness import freshness_figures
-from bench.replay import replay_figures
+from bench.replay import replay_figures, steady_rate
 from jobs.chunking.cleaning import clean
 from jobs.chunking.stage import ChunkStage
 from jobs.embedding.model import load_model, model_fit_checker, resolve_model
@@ -147,8 +147,7 @@ def main() -> None:
     count = store.count()
     if count != len(texts):
         raise SystemExit(f"bench: index holds {count} chunks, expected {len(texts)}")
-    stamps = sorted(c.indexed_at_ms for c in store.get(store.all_ids()))
-    steady = (len(texts) - 1) / max((stamps[-1] - stamps[0]) / 1000, 1e-3)
+    steady = steady_rate([c.indexed_at_ms for c in store.get(store.all_ids())])
     print(f"pipeline: {wall:.1f} s wall, {steady:.1f} chunks/s steady, peak RSS {peak_mb:.0f} MB",
           flush=True)
 
