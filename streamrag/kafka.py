@@ -96,9 +96,10 @@ class RecordProducer:
             self._errors.append(str(err))
 
 
-# A topic created a moment ago may have no partition leader yet: these pass.
+# A topic created a moment ago may have no partition leader yet: these pass. (An unknown
+# topic is not among them: ensure_topics waits until its topics exist.)
 _LEADER_ELECTION = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION,
-                              KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART})
+                              KafkaError.LEADER_NOT_AVAILABLE})
 
 
 def _transient(e: BaseException) -> bool:
@@ -108,13 +109,21 @@ def _transient(e: BaseException) -> bool:
     return err.code() in _LEADER_ELECTION or err.retriable()
 
 
-@retry(retry=retry_if_exception(_transient), wait=wait_exponential(0.2, max=2),
-       stop=stop_after_delay(30), reraise=True)
 def end_offsets_of(consumer: Consumer, topic: str) -> dict[int, int]:
     """Partition -> end offset (high watermark) of ``topic``, retried with backoff while
-    its partitions have no leader yet."""
+    its partitions have no leader yet; KafkaUnavailable (one line) when it cannot be read."""
+    try:
+        return _end_offsets(consumer, topic)
+    except KafkaException as e:
+        raise KafkaUnavailable(f"cannot read the end offsets of {topic}: {e}") from e
+
+
+@retry(retry=retry_if_exception(_transient), wait=wait_exponential(0.2, max=2),
+       stop=stop_after_delay(30), reraise=True)
+def _end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
     meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-    if meta is None:
+    if meta is None or (meta.error is not None
+                        and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
         raise KafkaUnavailable(f"topic {topic} does not exist")
     if meta.error is not None:
         raise KafkaException(meta.error)

@@ -49,3 +49,14 @@ def test_connect_lists_postgres_connector(settings):
     resp.raise_for_status()
     classes = {plugin["class"] for plugin in resp.json()}
     assert "io.debezium.connector.postgresql.PostgresConnector" in classes
+
+
+def test_a_missing_topic_is_one_clear_error_at_once(settings):
+    import time
+
+    from streamrag.kafka import KafkaUnavailable, read_topic
+
+    start = time.monotonic()
+    with pytest.raises(KafkaUnavailable, match="topic no-such-topic-here does not exist"):
+        list(read_topic(settings, "no-such-topic-here"))
+    assert time.monotonic() - start < 10  # not retried as if a leader were being elected
