@@ -25,7 +25,7 @@ from pymilvus import MilvusException
 from connect.registry import ConnectRegistry, connect_url, load_connector_file
 from jobs.chunking.planner import chunk_id
 from streamrag import generations
-from streamrag.config import PROJECT_ROOT, CdcConfig, isolated_env, load_settings
+from streamrag.config import PROJECT_ROOT, CdcConfig, Settings, isolated_env, load_settings
 from streamrag.migrate import drop_replication_slot
 from streamrag.stack import postgres_dsn
 from streamrag.stores import open_store
@@ -92,7 +92,8 @@ def freshness_figures() -> dict[str, float]:
                 [(i, f"Article {i}", body(i, 0)) for i in range(ROWS)])
         store = open_store(settings.store)
         ids = [chunk_id(f"{schema}.articles:{i}", 0) for i in range(ROWS)]
-        wait_for(lambda: _safe_count(store, ids) == ROWS, 300, "the warm-up rows to be indexed")
+        wait_for(lambda: _safe_count(settings, store, ids) == ROWS, 300,
+                 "the warm-up rows to be indexed")
 
         for i in range(ROWS):
             start = time.monotonic()
@@ -118,8 +119,8 @@ def freshness_figures() -> dict[str, float]:
             "freshness_updates": len(latencies)}
 
 
-def _safe_count(store, ids: list[str]) -> int:  # type: ignore[no-untyped-def]
-    if generations.serving(load_settings()) is None:  # the job has not created it yet
+def _safe_count(settings: Settings, store, ids: list[str]) -> int:  # type: ignore[no-untyped-def]
+    if generations.serving(settings) is None:  # the job has not created it yet
         return 0
     try:
         return len(store.get(ids))

@@ -36,7 +36,11 @@ class Retriever:
                 " or serve another generation") from None
         self._embedder = Embedder(model, ref.model_id)
         self._store = open_store(settings.store)
-        self.model_id = ref.model_id
+
+    @property
+    def model_id(self) -> str:
+        """The model that embeds the queries: the serving generation's."""
+        return self._embedder.model_id
 
     def search(self, text: str, k: int = 5, filters: Filters | None = None) -> list[SearchHit]:
         return self._store.search(self._embedder.embed_query(text), k, filters)

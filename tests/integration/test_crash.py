@@ -117,24 +117,30 @@ class Job:
                     proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
-    def wait_for(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 300
-        while not condition():
-            if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-3000:]
-                raise AssertionError(f"the job ended before {what}:\n{tail}")
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.3)
+    def check_running(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"the local job ended:\n{tail}")
 
 
-def crash_mid_way(p: Pipeline, job: Job, want: dict[str, tuple],
-                  kill: Callable[[], None]) -> None:
+def poll(condition: Callable[[], bool], what: str,
+         check: Callable[[], None] = lambda: None, timeout_s: float = 300) -> None:
+    """Wait for ``condition``; ``check`` fails early when the job has died meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        check()
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def crash_mid_way(p: Pipeline, want: dict[str, tuple], kill: Callable[[], None],
+                  check: Callable[[], None] = lambda: None) -> None:
     """Once some but not all chunks of ``want`` are in the index, ``kill`` (part of) the job."""
 
     def done() -> int:
         return len(want.items() & index_now(p).items())
 
-    job.wait_for(lambda: done() > 0, "the first chunks of the wave")
+    poll(lambda: done() > 0, "the first chunks of the wave", check)
     assert done() < len(want), "the wave was indexed before the crash: make it larger"
     kill()
 
@@ -158,11 +164,14 @@ def cluster_job(settings: Settings) -> Iterator[str]:
         cluster.down(settings)
 
 
-def task_manager_python_workers() -> list[psutil.Process]:
+def kill_task_manager_python_workers() -> None:
     task_managers = [p for p in psutil.process_iter()
                      if "TaskManagerRunner" in " ".join(p.cmdline())]
-    return [c for tm in task_managers for c in tm.children(recursive=True)
-            if "pyflink.fn_execution" in " ".join(c.cmdline())]
+    workers = [c for tm in task_managers for c in tm.children(recursive=True)
+               if "pyflink.fn_execution" in " ".join(c.cmdline())]
+    assert workers, "no Python worker process under the TaskManager"
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
 
 
 def flink_job(job_id: str) -> tuple[str, int]:
@@ -170,13 +179,6 @@ def flink_job(job_id: str) -> tuple[str, int]:
     state = requests.get(f"{FLINK_REST}/jobs/{job_id}", timeout=10).json()["state"]
     history = requests.get(f"{FLINK_REST}/jobs/{job_id}/exceptions", timeout=10).json()
     return state, len(history["exceptionHistory"]["entries"])
-
-
-def poll(condition: Callable[[], bool], what: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def test_after_a_crash_and_restore_the_index_equals_a_clean_run(
@@ -195,13 +197,7 @@ def test_after_a_crash_and_restore_the_index_equals_a_clean_run(
         pipeline.produce_docs(second)
         pipeline.produce([(doc_id, None) for doc_id in sorted(deleted)])
         want = without(expected_index(pipeline.settings, first + second), deleted)
-        poll(lambda: len(want.items() & index_now(pipeline).items()) > 0,
-             "the first chunks of the second wave")
-        assert len(want.items() & index_now(pipeline).items()) < len(want), "make it larger"
-        workers = task_manager_python_workers()
-        assert workers, "no Python worker process under the TaskManager"
-        for worker in workers:
-            worker.send_signal(signal.SIGKILL)
+        crash_mid_way(pipeline, want, kill_task_manager_python_workers)
         poll(lambda: index_now(pipeline) == want, "the job to recover and catch up")
         assert flink_job(job_id)[0] == "RUNNING" and flink_job(job_id)[1] >= 1  # it failed over
 
@@ -210,7 +206,7 @@ def test_after_a_crash_and_restore_the_index_equals_a_clean_run(
     try:
         pipeline.produce_docs(third)
         want = without(expected_index(pipeline.settings, first + second + third), deleted)
-        crash_mid_way(pipeline, job, want, job.kill)
+        crash_mid_way(pipeline, want, job.kill, job.check_running)
     finally:
         job.kill()
     pipeline.run()
