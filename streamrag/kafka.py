@@ -25,6 +25,10 @@ class KafkaUnavailable(Exception):
     """Kafka cannot be reached; the message is one line for the user."""
 
 
+class TopicMissing(KafkaUnavailable):
+    """The topic does not exist (yet: Debezium creates its topics with their first event)."""
+
+
 # The log is the source of truth (DESIGN.md invariant 7): everything but the dead
 # letters is compacted, so the latest record of every key is kept forever.
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
@@ -124,7 +128,7 @@ def _end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
     meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
     if meta is None or (meta.error is not None
                         and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
-        raise KafkaUnavailable(f"topic {topic} does not exist")
+        raise TopicMissing(f"topic {topic} does not exist")
     if meta.error is not None:
         raise KafkaException(meta.error)
     return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]

@@ -35,7 +35,7 @@ from jobs.chunking.planner import DocState, chunk_id, is_stale
 from jobs.chunking.stage import ChunkStage
 from jobs.embedding.model import model_fit_checker, resolve_model
 from streamrag.config import PROJECT_ROOT, Settings
-from streamrag.kafka import read_topic
+from streamrag.kafka import Message, TopicMissing, read_topic
 from streamrag.migrate import drop_replication_slot, migrate
 from streamrag.records import DocumentEvent, Origin
 from streamrag.stack import postgres_dsn
@@ -73,7 +73,7 @@ class Cdc:
 
     def events(self, table: str) -> list[tuple[dict, dict | None]]:
         return [(json.loads(m.key), json.loads(m.value) if m.value else None)
-                for m in read_topic(self.pipeline.settings, self.topic(table), timeout_s=10)]
+                for m in cdc_records(self.pipeline.settings, self.topic(table))]
 
     def wait_for(self, table: str, done: Callable[[list], bool], timeout: float = 90) -> list:
         def ready() -> list | None:
@@ -87,6 +87,14 @@ class Cdc:
         ours = {self.topic("articles"), self.topic("faq")}
         letters = [d for d in self.pipeline.dead_letters() if d["origin"]["topic"] in ours]
         assert letters == []
+
+
+def cdc_records(settings: Settings, topic: str) -> list[Message]:
+    """The records of a Debezium topic so far; none while Debezium has not created it."""
+    try:
+        return list(read_topic(settings, topic, timeout_s=10))
+    except TopicMissing:
+        return []
 
 
 def poll(check: Callable[[], object], timeout: float, what: str) -> object:
@@ -308,7 +316,7 @@ def test_transaction_straddling_the_snapshot_is_not_lost(cdc):
     control, *txs = (psycopg.connect(cdc.dsn, autocommit=i == 0) for i in range(4))
 
     def reads(topic: str, key: dict) -> list:
-        return [m for m in read_topic(cdc.pipeline.settings, topic, 10)
+        return [m for m in cdc_records(cdc.pipeline.settings, topic)
                 if m.value and json.loads(m.key) == key]
 
     def update(tx: psycopg.Connection, slug: str) -> None:

@@ -54,9 +54,9 @@ def test_connect_lists_postgres_connector(settings):
 def test_a_missing_topic_is_one_clear_error_at_once(settings):
     import time
 
-    from streamrag.kafka import KafkaUnavailable, read_topic
+    from streamrag.kafka import TopicMissing, read_topic
 
     start = time.monotonic()
-    with pytest.raises(KafkaUnavailable, match="topic no-such-topic-here does not exist"):
+    with pytest.raises(TopicMissing, match="topic no-such-topic-here does not exist"):
         list(read_topic(settings, "no-such-topic-here"))
     assert time.monotonic() - start < 10  # not retried as if a leader were being elected
