@@ -32,8 +32,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jobs.chunking.documents import BadRecord, decode_utf8
+from jobs.chunking.documents import decode_utf8, load_json
 from streamrag.config import CdcTableConfig
+from streamrag.errors import BadRecord
 from streamrag.records import DocumentEvent, Origin
 
 UNAVAILABLE = "__debezium_unavailable_value"
@@ -76,11 +77,7 @@ def parse_cdc_record(
 
 
 def _envelope(value: bytes) -> dict[str, Any]:
-    text = decode_utf8(value, "value")
-    try:
-        data = json.loads(text or "")
-    except json.JSONDecodeError as e:
-        raise BadRecord(f"value is not valid JSON: {e.msg} at char {e.pos}") from e
+    data = load_json(decode_utf8(value, "value") or "")
     if isinstance(data, dict) and "payload" in data and "schema" in data:
         data = data["payload"]  # JsonConverter with schemas.enable=true
     if not isinstance(data, dict):

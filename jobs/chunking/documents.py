@@ -7,6 +7,8 @@ Wire format (value, UTF-8 JSON object; key = doc id):
 - ``version`` is optional: without it the record's timestamp (ms) is the version.
 - A tombstone (key with null value) or ``"deleted": true`` deletes the document.
 - Unknown fields are ignored; anything else malformed raises BadRecord with the reason.
+  NaN and infinities are not JSON and are rejected; so is nesting deeper than Python's
+  parser allows. The limits that later steps need are checked by ``streamrag.limits``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from streamrag.errors import BadRecord
+from streamrag.limits import FINITE_NUMBERS, JSON_NESTING, exceeded
 from streamrag.records import DocumentEvent, Origin
 
 CONTENT_TYPES = frozenset({"text", "markdown", "html"})
-
-
-class BadRecord(ValueError):
-    """A source record that cannot become a DocumentEvent; str(e) is the reason."""
 
 
 def decode_utf8(raw: bytes | None, what: str) -> str | None:
@@ -44,14 +44,24 @@ def parse_document_record(
             doc_id=key_text, version=timestamp_ms, source=origin.topic, origin=origin,
             deleted=True, source_ts_ms=timestamp_ms,
         )
-    value_text = decode_utf8(value, "value")
-    try:
-        data = json.loads(value_text or "")
-    except json.JSONDecodeError as e:
-        raise BadRecord(f"value is not valid JSON: {e.msg} at char {e.pos}") from e
+    data = load_json(decode_utf8(value, "value") or "")
     if not isinstance(data, dict):
         raise BadRecord(f"value must be a JSON object, got {type(data).__name__}")
     return _event_from_object(data, origin, timestamp_ms)
+
+
+def load_json(text: str) -> Any:
+    """Parse a record value; BadRecord for anything that is not plain, finite JSON."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise BadRecord(f"value is not valid JSON: {e.msg} at char {e.pos}") from e
+    except RecursionError:
+        raise exceeded(JSON_NESTING, "value nests JSON deeper than the parser allows") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise exceeded(FINITE_NUMBERS, f"value holds {name}, which is not JSON")
 
 
 def _event_from_object(data: dict[str, Any], origin: Origin, timestamp_ms: int) -> DocumentEvent:

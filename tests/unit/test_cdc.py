@@ -15,9 +15,9 @@ from connect.registry import (
     load_connector_file,
 )
 from jobs.chunking.cdc import UNAVAILABLE, parse_cdc_record
-from jobs.chunking.documents import BadRecord
 from jobs.chunking.planner import DocState, is_stale
 from streamrag.config import CdcTableConfig, load_settings
+from streamrag.errors import BadRecord
 from streamrag.records import Origin
 
 ARTICLES = CdcTableConfig(id_columns=["id"], text_columns=["title", "body"],
@@ -240,23 +240,20 @@ def test_unreachable_connect_is_one_clear_line():
 
 
 def test_normalize_routes_cdc_topics_to_the_cdc_mapping():
-    from pyflink.common import Row
+    from jobs.chunking.normalize import normalize_record
 
-    from jobs.pipeline import DEAD_LETTERS, NormalizeRecords
-
-    normalize = NormalizeRecords(load_settings().cdc)
+    tables = load_settings().cdc.tables
 
     def run(topic, key, value):
-        row = Row(k=key, v=value, topic=topic, partition=0, offset=3, ts_ms=5)
-        return list(normalize.process_element(row, None))
+        return normalize_record(key, value, Origin(topic, 0, 3), 5, tables)
 
-    (cdc,) = run(TOPIC, b'{"id":7}', json.dumps(envelope("c", after=article())).encode())
-    assert json.loads(cdc["event"])["doc_id"] == "kb.articles:7"
-    assert run(TOPIC, b'{"id":7}', None) == []  # tombstone: dropped, not a dead letter
-    ((tag, letter),) = run(TOPIC, b"k", b"garbage")
-    assert tag is DEAD_LETTERS and "not valid JSON" in letter["v"]
-    (doc,) = run("documents", b"a", json.dumps({"id": "a", "text": "hello"}).encode())
-    assert doc["doc_id"] == "a"
+    cdc = run(TOPIC, b'{"id":7}', json.dumps(envelope("c", after=article())).encode())
+    assert cdc is not None and cdc.doc_id == "kb.articles:7"
+    assert run(TOPIC, b'{"id":7}', None) is None  # tombstone: dropped, not a dead letter
+    with pytest.raises(BadRecord, match="not valid JSON"):
+        run(TOPIC, b"k", b"garbage")
+    doc = run("documents", b"a", json.dumps({"id": "a", "text": "hello"}).encode())
+    assert doc is not None and doc.doc_id == "a"
 
 
 def test_placeholder_in_an_unused_column_does_not_matter():

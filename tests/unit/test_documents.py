@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from jobs.chunking.documents import BadRecord, parse_document_record
+from jobs.chunking.documents import parse_document_record
+from streamrag.errors import BadRecord
 from streamrag.records import Origin
 
 ORIGIN = Origin("documents", 1, 42)
