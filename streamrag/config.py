@@ -52,6 +52,9 @@ class ChunkingConfig(_Section):
     overlap_tokens: Annotated[int, Field(ge=0, le=512)] = 0
     # Larger documents go to the dead-letter topic instead of tying up the embedder.
     max_document_chars: Annotated[int, Field(gt=0)] = 2_000_000
+    # Chunks whose word pieces are at least this share unknown to the model ([UNK]) are
+    # not indexed: they embed to noise that no search can find.
+    max_unknown_share: Annotated[float, Field(gt=0, le=1)] = 0.8
 
     @model_validator(mode="after")
     def _overlap_below_max(self) -> ChunkingConfig:
@@ -110,8 +113,15 @@ class FlinkConfig(_Section):
     bundle_size: Annotated[int, Field(gt=0)] = 100
     bundle_time_ms: Annotated[int, Field(gt=0)] = 100
     jars_dir: Path = PROJECT_ROOT / ".work" / "jars" / "flink"
-    # Restarts (from the last checkpoint) before the job fails for good.
-    restart_attempts: Annotated[int, Field(ge=0)] = 3
+    # Restarts from the last checkpoint, with exponential backoff (1 s doubling to 1 min),
+    # before the job fails for good; the count starts again after 10 minutes without a
+    # failure, so occasional faults over a long life never use it up.
+    restart_attempts: Annotated[int, Field(ge=0)] = 10
+    # A record whose processing fails with an unclassified error this many times in a
+    # row (across restarts) is dead-lettered: see streamrag/boundary.py.
+    poison_after_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    # Where those failures are counted; it must outlive the task (on Kubernetes: a volume).
+    failure_ledger_dir: Path = PROJECT_ROOT / ".work" / "failures"
 
 
 class StackConfig(_Section):

@@ -48,20 +48,39 @@ def load_model(ref: ModelRef, torch_threads: int = 1) -> SentenceTransformer:
     return SentenceTransformer(ref.path, device="cpu")
 
 
+class ModelTokenizer:
+    """The model's own tokenizer, without torch: the hard limit on a chunk's length
+    (DESIGN.md invariant 6) and the judge of text the model cannot read."""
+
+    def __init__(self, ref: ModelRef) -> None:
+        from tokenizers import Tokenizer
+
+        path = Path(ref.path)
+        self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()  # the bundled tokenizer.json pads every input to 128
+        self.max_length = max_seq_length(path)
+        unk = getattr(self._tokenizer.model, "unk_token", None)
+        self._unknown_id = self._tokenizer.token_to_id(unk) if unk else None
+
+    def fits(self, text: str) -> bool:
+        """True when the model keeps all of ``text`` (special tokens included)."""
+        return len(self._tokenizer.encode(text).ids) <= self.max_length
+
+    def unknown_share(self, text: str) -> float:
+        """The share of ``text``'s word pieces that the model only knows as unknown
+        (``[UNK]``): a run of symbols it has no pieces for, or a word too long to split.
+        Such text embeds to the same vector whatever it says."""
+        ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+        if not ids or self._unknown_id is None:
+            return 0.0
+        return ids.count(self._unknown_id) / len(ids)
+
+
 def model_fit_checker(ref: ModelRef) -> tuple[Callable[[str], bool], int]:
-    """``(fits, max_seq_length)``: ``fits(text)`` is True when the model's own tokenizer
-    keeps all of ``text`` (special tokens included). Needs no torch."""
-    from tokenizers import Tokenizer
-
-    path = Path(ref.path)
-    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    tokenizer.no_truncation()
-    max_len = max_seq_length(path)
-
-    def fits(text: str) -> bool:
-        return len(tokenizer.encode(text).ids) <= max_len
-
-    return fits, max_len
+    """``(fits, max_seq_length)`` of the model's own tokenizer (see ModelTokenizer)."""
+    tokenizer = ModelTokenizer(ref)
+    return tokenizer.fits, tokenizer.max_length
 
 
 def max_seq_length(path: Path) -> int:

@@ -8,7 +8,11 @@ import random
 import pytest
 
 from jobs.chunking.chunker import Chunker, get_encoding
+from jobs.chunking.stage import ChunkStage
 from jobs.embedding.model import model_fit_checker, resolve_model
+from streamrag.config import ChunkingConfig
+from streamrag.errors import BadRecord
+from streamrag.records import DocumentEvent, Origin
 
 ENC = get_encoding("cl100k_base")
 
@@ -227,3 +231,32 @@ def test_splitting_is_deterministic():
 
 def test_count_tokens_uses_the_encoding():
     assert Chunker(ENC, max_tokens=50).count_tokens("hello world") == tokens("hello world")
+
+
+def _event(text: str) -> DocumentEvent:
+    return DocumentEvent(doc_id="d", version=1, source="s", origin=Origin("t", 0, 0), text=text)
+
+
+def test_chunks_the_model_reads_as_unknown_are_left_out():
+    stage = ChunkStage.for_model(ChunkingConfig(), resolve_model("bundled"))
+    good = "Kafka keeps the latest record for every key when compaction is on. " * 12
+
+    spans = stage.spans(_event(good + "\n\n" + "y" * 3000 + "\n\n" + good))
+
+    assert spans and all("yyyy" not in s.text for s in spans)
+    assert sum("Kafka keeps" in s.text for s in spans) >= 2
+
+
+def test_a_document_of_only_unknown_word_pieces_is_a_bad_record():
+    stage = ChunkStage.for_model(ChunkingConfig(), resolve_model("bundled"))
+
+    with pytest.raises(BadRecord, match="no indexable text"):
+        stage.spans(_event("x" * 200_000))
+
+
+def test_a_few_unknown_symbols_do_not_drop_a_chunk():
+    stage = ChunkStage.for_model(ChunkingConfig(), resolve_model("bundled"))
+
+    (span,) = stage.spans(_event("Deploys went fine 🚀 and the index is fresh 😀."))
+
+    assert "🚀" in span.text

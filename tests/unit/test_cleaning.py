@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from jobs.chunking.cleaning import clean, html_to_text, normalize
+from streamrag.errors import LimitExceeded
 
 
 def test_html_headings_become_hash_lines_and_blocks_are_separated_by_blank_lines():
@@ -112,3 +115,51 @@ def test_cleaning_is_deterministic_and_idempotent():
 
     assert clean(html, "html") == once
     assert normalize(once) == once
+
+
+def test_cdata_comments_and_declarations_are_not_text():
+    html = ("<!DOCTYPE html><p>Kept.</p><![CDATA[hidden data]]><!-- a comment -->"
+            "<?php echo 1; ?><p>Also kept.</p>")
+
+    assert clean(html, "html") == "Kept.\n\nAlso kept."
+
+
+def test_markdown_block_quotes_nested_twenty_deep_keep_every_level():
+    md = "\n".join(">" * depth + f" level {depth} words" for depth in range(1, 21))
+
+    text = clean(md, "markdown")
+
+    assert all(f"level {depth} words" in text for depth in range(1, 21))
+
+
+def test_markdown_lists_nested_ten_deep_keep_every_item():
+    md = "\n".join("  " * depth + f"- item {depth}" for depth in range(10))
+
+    text = clean(md, "markdown")
+
+    assert all(f"item {depth}" in text for depth in range(10))
+
+
+def test_markdown_nested_past_the_limit_is_rejected_not_cut():
+    md = "\n".join(">" * depth + f" level {depth}" for depth in range(1, 80))
+
+    with pytest.raises(LimitExceeded, match="markdown_nesting=64"):
+        clean(md, "markdown")
+
+
+def test_html_nested_past_the_limit_is_rejected():
+    html = "<div>" * 10_050 + "deep" + "</div>" * 10_050
+
+    with pytest.raises(LimitExceeded, match="html_depth=10000"):
+        clean(html, "html")
+
+
+def test_deep_html_below_the_limit_keeps_its_text():
+    # Walked without recursion or tree edits: bs4's inserts took minutes at this depth.
+    html = "<ul><li>" * 4_900 + "deep item" + "</li></ul>" * 4_900
+
+    assert "deep item" in clean(html, "html")
+
+
+def test_heading_text_leaves_out_scripts_inside_it():
+    assert clean("<h2>Real <script>var x;</script>title</h2>", "html") == "## Real title"
