@@ -3,7 +3,7 @@
 Pipeline (one Flink job; every operator has a stable uid):
 
     Kafka source (documents topic, raw key/value + topic/partition/offset)
-      -> normalize     record -> DocumentEvent              bad record -> dead letters
+      -> normalize     record -> DocumentEvent, checked against every declared limit
       -> key by doc id
       -> chunk         clean, chunk, diff with doc state      -> `chunks` topic
       -> embed         one model call per document event, vectors reused by content hash
@@ -12,6 +12,11 @@ Pipeline (one Flink job; every operator has a stable uid):
 Between chunk, embed and index a record is a *batch*: the records of one document
 event, as a JSON list. A batch is one element to Flink, so there is no buffered state
 to lose at a checkpoint, and a document's upserts and trim stay together and in order.
+
+Every operator has an error boundary (streamrag.boundary): a record that fails for a
+reason of its own goes to the dead-letter topic with the stage, the error and its origin,
+and the job goes on; a failure of the environment fails the task, and Flink restarts it
+from the last checkpoint.
 
 Stage logic lives in jobs.chunking / jobs.embedding / jobs.indexing as plain Python;
 the classes here only decode, call, encode and route errors.
@@ -28,36 +33,43 @@ from collections.abc import Iterator
 from typing import Any
 
 from pyflink.common import Row, Types
-from pyflink.datastream import (
-    KeyedProcessFunction,
-    MapFunction,
-    OutputTag,
-    ProcessFunction,
-    RuntimeContext,
-)
+from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
 from connect.registry import ensure_cdc_topics
-from jobs.chunking.cdc import parse_cdc_record
-from jobs.chunking.documents import BadRecord, parse_document_record
+from jobs.chunking.normalize import normalize_record
 from jobs.chunking.planner import DocState
 from jobs.chunking.stage import ChunkStage
 from jobs.embedding.embedder import Embedder
-from jobs.embedding.model import load_model, model_dimension, model_fit_checker, resolve_model
+from jobs.embedding.model import load_model, model_dimension, resolve_model
 from jobs.indexing.writer import IndexWriter
-from streamrag.config import CdcConfig, Settings
+from streamrag.boundary import ErrorBoundary, FailureLedger
+from streamrag.config import Settings
 from streamrag.flink import KEYED_ROW, add_kafka_sink, create_context, kafka_source
+from streamrag.limits import topic_record_size
 from streamrag.records import ChunkRecord, DeadLetter, DocumentEvent, EmbeddingRecord, Origin
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_ROW)
 EVENT_ROW = Types.ROW_NAMED(["doc_id", "event"], [Types.STRING(), Types.STRING()])
-BATCH_ROW = Types.ROW_NAMED(["doc_id", "records"], [Types.STRING(), Types.STRING()])
+BATCH_ROW = Types.ROW_NAMED(["doc_id", "origin", "records"],
+                            [Types.STRING(), Types.STRING(), Types.STRING()])
 
 
-def batch_row(doc_id: str, records: list[ChunkRecord] | list[EmbeddingRecord]) -> Row:
-    return Row(doc_id=doc_id, records="[" + ",".join(r.to_json() for r in records) + "]")
+def batch_row(doc_id: str, origin: Origin, records: list[ChunkRecord] | list[EmbeddingRecord],
+              topic: str) -> Row:
+    """The records of one document event as one row; each record must fit ``topic``."""
+    values = [r.to_json() for r in records]
+    for value in values:
+        topic_record_size(value, f"a record for topic {topic}")
+    return Row(doc_id=doc_id, origin=json.dumps([origin.topic, origin.partition, origin.offset]),
+               records="[" + ",".join(values) + "]")
+
+
+def batch_origin(row: Row) -> Origin:
+    topic, partition, offset = json.loads(row["origin"])
+    return Origin(topic, partition, offset)
 
 
 def unbatch(row: Row) -> Iterator[Row]:
@@ -68,78 +80,108 @@ def unbatch(row: Row) -> Iterator[Row]:
                                                     separators=(",", ":")))
 
 
-def dead_letter_row(stage: str, reason: str, origin: Origin | None,
-                    key: str | None, value: str | None) -> Row:
-    letter = DeadLetter(stage=stage, reason=reason, origin=origin, key=key, value=value)
-    where = f"{origin.topic}/{origin.partition}/{origin.offset}" if origin else stage
+def dead_letter_row(letter: DeadLetter) -> Row:
+    origin = letter.origin
+    where = f"{origin.topic}/{origin.partition}/{origin.offset}" if origin else letter.stage
     return Row(k=where, v=letter.to_json())
 
 
-class NormalizeRecords(ProcessFunction):
-    """Kafka row -> (doc id, DocumentEvent JSON); unusable records -> dead letters.
+class _Guarded:
+    """The per-record error boundary of a stage (streamrag.boundary): terminal errors
+    become dead letters, transient ones fail the task, unknown ones are counted."""
 
-    Rows of a topic in ``cdc.tables`` are Debezium change events, mapped by that table's
-    config; heartbeats and tombstones map to nothing. Other rows are documents."""
+    stage = ""
 
-    def __init__(self, cdc: CdcConfig) -> None:
-        self._tables = dict(cdc.tables)
+    def _open_boundary(self, settings: Settings, runtime_context: RuntimeContext) -> None:
+        flink = settings.flink
+        self._boundary = ErrorBoundary(self.stage, FailureLedger(flink.failure_ledger_dir),
+                                       flink.poison_after_failures)
+        self._dead_letters = runtime_context.get_metrics_group().counter("dead_letters")
+
+    def _dead_letter(self, error: Exception, origin: Origin | None, key: str | None,
+                     value: str | None) -> tuple[OutputTag, Row]:
+        """The side-output row for a record that failed with ``error``, or re-raise it."""
+        letter = self._boundary.dead_letter_for(error, origin, key, value)
+        if letter is None:
+            raise error
+        self._dead_letters.inc()
+        log.warning("%s: dead-lettered %s: %s", self.stage, origin, letter.reason)
+        return DEAD_LETTERS, dead_letter_row(letter)
+
+
+class NormalizeRecords(_Guarded, ProcessFunction):
+    """Kafka row -> (doc id, DocumentEvent JSON), checked against every limit; records that
+    cannot be used -> dead letters. Heartbeats and CDC tombstones map to nothing."""
+
+    stage = "normalize"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._tables = dict(settings.cdc.tables)
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self._open_boundary(self._settings, runtime_context)
 
     def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         origin = Origin(row["topic"], row["partition"], row["offset"])
-        table = self._tables.get(origin.topic)
         try:
-            if table is None:
-                event = parse_document_record(row["k"], row["v"], origin, row["ts_ms"])
-            else:
-                event = parse_cdc_record(row["k"], row["v"], origin, row["ts_ms"], table)
-        except BadRecord as e:
-            yield DEAD_LETTERS, dead_letter_row(
-                "normalize", str(e), origin, _preview(row["k"]), _preview(row["v"]))
+            event = normalize_record(row["k"], row["v"], origin, row["ts_ms"], self._tables)
+            out = None if event is None else Row(doc_id=event.doc_id, event=event.to_json())
+        except Exception as e:
+            yield self._dead_letter(e, origin, _preview(row["k"]), _preview(row["v"]))
             return
-        if event is not None:
-            yield Row(doc_id=event.doc_id, event=event.to_json())
+        if out is not None:
+            yield out
 
 
-class ChunkDocuments(KeyedProcessFunction):
-    """Per document: drop stale versions, chunk, emit changed chunks and delete markers."""
+class ChunkDocuments(_Guarded, KeyedProcessFunction):
+    """Per document: drop stale versions, chunk, emit changed chunks and delete markers.
+    The state moves on only once the event's records are ready to go out."""
+
+    stage = "chunk"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        fits, max_len = model_fit_checker(resolve_model(self._settings.embedding.model))
-        # Two word pieces go to [CLS] and [SEP]; tiktoken tokens are rarely smaller.
-        self._stage = ChunkStage(self._settings.chunking, fits, model_max_tokens=max_len - 2)
+        self._open_boundary(self._settings, runtime_context)
+        self._stage = ChunkStage.for_model(self._settings.chunking,
+                                           resolve_model(self._settings.embedding.model))
         self._state = runtime_context.get_state(ValueStateDescriptor("doc", Types.STRING()))
-        metrics = runtime_context.get_metrics_group()
-        self._stale = metrics.counter("stale_events")
+        self._stale = runtime_context.get_metrics_group().counter("stale_events")
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         event = DocumentEvent.from_json(row["event"])
         try:
             plan = self._stage.apply(DocState.from_json(self._state.value()), event)
-        except BadRecord as e:
-            yield DEAD_LETTERS, dead_letter_row(
-                "chunk", str(e), event.origin, event.doc_id, _preview(event.text))
+            out = None
+            if plan.records:
+                out = batch_row(event.doc_id, event.origin, plan.records,
+                                self._settings.kafka.chunks_topic)
+        except Exception as e:
+            yield self._dead_letter(e, event.origin, event.doc_id, _preview(event.text))
             return
         if plan.stale:
             self._stale.inc()
             return
         assert plan.state is not None
         self._state.update(plan.state.to_json())
-        if plan.records:
-            yield batch_row(event.doc_id, plan.records)
+        if out is not None:
+            yield out
 
 
-class EmbedChunks(MapFunction):
-    """Chunk JSON -> embedding JSON; the model loads once per worker, in open().
+class EmbedChunks(_Guarded, ProcessFunction):
+    """Chunk batch -> embedding batch; the model loads once per worker, in open().
 
     Vectors already in the index for the same (model, content hash) are reused."""
+
+    stage = "embed"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        self._open_boundary(self._settings, runtime_context)
         cfg = self._settings.embedding
         ref = resolve_model(cfg.model)
         model = load_model(ref, cfg.torch_threads)
@@ -149,31 +191,45 @@ class EmbedChunks(MapFunction):
         metrics = runtime_context.get_metrics_group()
         self._embedded, self._reused = metrics.counter("embedded"), metrics.counter("reused")
 
-    def map(self, row: Row) -> Row:
-        chunks = [ChunkRecord.from_dict(r) for r in json.loads(row["records"])]
-        records = self._embedder.embed(chunks, self._index.known_vectors(chunks, self._model_id))
+    def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        origin = batch_origin(row)
+        try:
+            chunks = [ChunkRecord.from_dict(r) for r in json.loads(row["records"])]
+            known = self._index.known_vectors(chunks, self._model_id)
+            records = self._embedder.embed(chunks, known)
+            out = batch_row(row["doc_id"], origin, records, self._settings.kafka.embeddings_topic)
+        except Exception as e:
+            yield self._dead_letter(e, origin, row["doc_id"], None)
+            return
         embedded = sum(r.embedded for r in records)
         self._embedded.inc(embedded)
         self._reused.inc(sum(r.chunk.op == "upsert" for r in records) - embedded)
-        return batch_row(row["doc_id"], records)
+        yield out
 
     def close(self) -> None:
         self._index.close()
 
 
-class IndexEmbeddings(MapFunction):
-    """Apply each embedding record to the vector store, then pass it on to the topic."""
+class IndexEmbeddings(_Guarded, ProcessFunction):
+    """Apply a batch of embedding records to the vector store, then pass it on."""
+
+    stage = "index"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        self._open_boundary(self._settings, runtime_context)
         dim = model_dimension(resolve_model(self._settings.embedding.model))
         self._writer = IndexWriter.open(self._settings.store, dim)
 
-    def map(self, row: Row) -> Row:
-        self._writer.apply([EmbeddingRecord.from_dict(r) for r in json.loads(row["records"])])
-        return row
+    def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        try:
+            self._writer.apply([EmbeddingRecord.from_dict(r) for r in json.loads(row["records"])])
+        except Exception as e:
+            yield self._dead_letter(e, batch_origin(row), row["doc_id"], None)
+            return
+        yield row
 
     def close(self) -> None:
         self._writer.close()
@@ -187,15 +243,16 @@ def build(settings: Settings, bounded: bool = False, job_name: str = "streamrag-
     ensure_cdc_topics(settings)
     topics = [settings.kafka.documents_topic, *settings.cdc.tables]
     raw = kafka_source(ctx, settings, "source_records", topics, bounded)
-    events = raw.process(NormalizeRecords(settings.cdc), output_type=EVENT_ROW) \
+    events = raw.process(NormalizeRecords(settings), output_type=EVENT_ROW) \
         .uid("normalize").name("normalize")
     chunks = events.key_by(lambda r: r["doc_id"], key_type=Types.STRING()) \
         .process(ChunkDocuments(settings), output_type=BATCH_ROW).uid("chunk").name("chunk")
-    embeddings = chunks.map(EmbedChunks(settings), output_type=BATCH_ROW) \
+    embeddings = chunks.process(EmbedChunks(settings), output_type=BATCH_ROW) \
         .uid("embed").name("embed")
-    indexed = embeddings.map(IndexEmbeddings(settings), output_type=BATCH_ROW) \
+    indexed = embeddings.process(IndexEmbeddings(settings), output_type=BATCH_ROW) \
         .uid("index").name("index")
-    dead = events.get_side_output(DEAD_LETTERS).union(chunks.get_side_output(DEAD_LETTERS))
+    dead = events.get_side_output(DEAD_LETTERS).union(
+        *(stage.get_side_output(DEAD_LETTERS) for stage in (chunks, embeddings, indexed)))
 
     statements = ctx.t_env.create_statement_set()
     chunk_rows = chunks.flat_map(unbatch, output_type=KEYED_ROW).uid("chunk-records") \

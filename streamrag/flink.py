@@ -40,14 +40,15 @@ def create_context(settings: Settings, job_name: str) -> FlinkContext:
     # Thread-mode Python runs embedded in the JVM that PyFlink starts from this process;
     # it only sees the venv (pemja, our packages) through PYTHONPATH. Process-mode
     # workers are started from the same environment and find the project the same way.
+    # The local JVM (PyFlink's gateway) logs here instead of inside site-packages.
+    os.environ.setdefault("FLINK_LOG_DIR", str(settings.stack.work_dir / "logs" / "flink-local"))
     paths = [str(PROJECT_ROOT), *site.getsitepackages()]
     os.environ["PYTHONPATH"] = os.pathsep.join(
         paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     conf = Configuration()
     conf.set_string("pipeline.name", job_name)
-    conf.set_string("restart-strategy.type", "fixed-delay")
-    conf.set_string("restart-strategy.fixed-delay.attempts", str(settings.flink.restart_attempts))
-    conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    for key, value in restart_strategy(settings.flink.restart_attempts).items():
+        conf.set_string(key, value)
     conf.set_string("pipeline.jars", ";".join(j.resolve().as_uri() for j in jars))
     conf.set_string("python.execution-mode", settings.flink.python_execution_mode)
     conf.set_string("python.executable", sys.executable)
@@ -63,6 +64,25 @@ def create_context(settings: Settings, job_name: str) -> FlinkContext:
     env.set_parallelism(settings.flink.parallelism)
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     return FlinkContext(env, StreamTableEnvironment.create(env))
+
+
+def restart_strategy(attempts: int) -> dict[str, str]:
+    """Flink options: restart from the last checkpoint with a backoff of 1 s doubling up to
+    1 min; ``attempts`` restarts in a row before the job fails, a count that resets after
+    10 minutes without a failure (a long life of occasional faults never uses it up).
+    No restarts at all for 0 (a replay job, simply run again)."""
+    if attempts == 0:
+        return {"restart-strategy.type": "none"}
+    prefix = "restart-strategy.exponential-delay."
+    return {
+        "restart-strategy.type": "exponential-delay",
+        prefix + "initial-backoff": "1 s",
+        prefix + "max-backoff": "1 min",
+        prefix + "backoff-multiplier": "2.0",
+        prefix + "reset-backoff-threshold": "10 min",
+        prefix + "jitter-factor": "0.1",
+        prefix + "attempts-before-reset-backoff": str(attempts),
+    }
 
 
 def kafka_source(

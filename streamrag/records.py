@@ -123,16 +123,29 @@ class EmbeddingRecord:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A record that a stage could not use, with the reason and where it came from."""
+    """A record that a stage could not use: the stage, the reason (it names the limit when
+    a limit was broken), the error's class, where the record came from, and a preview of
+    its key and value (the whole record stays in its source topic at ``origin``)."""
 
     stage: str
     reason: str
     origin: Origin | None
     key: str | None
     value: str | None
+    error: str = "BadRecord"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        # Whatever the record held, the dead letter itself must be writable: lone
+        # surrogates become \udXXX escapes instead of failing the string coder.
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")) \
+            .encode("utf-8", "backslashreplace").decode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> DeadLetter:
+        data = json.loads(raw)
+        origin = data.get("origin")
+        data["origin"] = Origin(**origin) if origin else None
+        return cls(**_known_fields(cls, data))
 
 
 def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:

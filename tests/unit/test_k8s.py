@@ -23,3 +23,14 @@ def test_the_flink_deployment_runs_the_ingest_job_with_that_config():
 
     assert args[:2] == ["-py", "/opt/streamrag/jobs/pipeline.py"]
     assert {"name": "STREAMRAG_CONFIG", "value": args[-1]} in env
+
+
+def test_the_failure_ledger_lives_on_a_volume_of_the_task_managers(tmp_path):
+    manifest = yaml.safe_load((PROJECT_ROOT / "k8s" / "configmap.yaml").read_text())
+    config_file = tmp_path / "streamrag.yaml"
+    config_file.write_text(manifest["data"]["streamrag.yaml"])
+    ledger = str(load_settings(config_file).flink.failure_ledger_dir)
+    deployment = yaml.safe_load((PROJECT_ROOT / "k8s" / "flinkdeployment.yaml").read_text())
+    mounts = deployment["spec"]["podTemplate"]["spec"]["containers"][0]["volumeMounts"]
+
+    assert ledger in [m["mountPath"] for m in mounts]
