@@ -94,9 +94,10 @@ def query(
     from streamrag.stores.base import Filters
 
     fields = {k_: v for k_, v in (("doc_id", doc_id), ("source", source)) if v is not None}
-    metadata = dict(_key_value(m) for m in meta or [])
+    # Checked before the model loads: a bad value fails at once, with one line.
+    filters = Filters(fields, dict(_key_value(m) for m in meta or []))
     retriever = Retriever(settings())
-    hits = retriever.search(text, k, Filters(fields, metadata))
+    hits = retriever.search(text, k, filters)
     retriever.close()
     if not hits:
         typer.echo("no results")

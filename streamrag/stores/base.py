@@ -18,6 +18,7 @@ from streamrag.records import EmbeddingRecord
 # METADATA_KEY) can be filtered on, and every value is bound as a parameter.
 FILTER_FIELDS = frozenset({"doc_id", "source", "model_id"})
 METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_K = 16_384
 
 
 class StoreError(Exception):
@@ -51,18 +52,60 @@ class SearchHit:
 
 @dataclass(frozen=True, slots=True)
 class Filters:
-    """Equality filters: ``fields`` on FILTER_FIELDS, ``metadata`` on metadata keys."""
+    """Equality filters: ``fields`` on FILTER_FIELDS, ``metadata`` on metadata keys.
+
+    Checked when made, so a filter that no stored value can match, or that a store would
+    choke on, fails at once with one line: keys must be plain identifiers, values str,
+    int or bool, strings valid Unicode (no lone surrogates: e.g. invalid UTF-8 in a
+    command-line argument) without NUL, integers within int64."""
 
     fields: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str | int | bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in self.fields:
+        for name, value in self.fields.items():
             if name not in FILTER_FIELDS:
                 raise StoreError(f"cannot filter on {name!r}: use one of {sorted(FILTER_FIELDS)}")
-        for key in self.metadata:
-            if not METADATA_KEY.fullmatch(key):
-                raise StoreError(f"metadata filter key {key!r} must be a plain identifier")
+            if not isinstance(value, str):
+                raise StoreError(f"filter {name} must be a string, got {type(value).__name__}")
+            _check_value(name, value)
+        for key, value in self.metadata.items():
+            if not isinstance(key, str) or not METADATA_KEY.fullmatch(key):
+                raise StoreError(f"metadata filter key {key!a} must be a plain identifier")
+            _check_value(key, value)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.fields or self.metadata)
+
+
+def _check_value(name: str, value: object) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise StoreError(f"filter {name}: {value} is outside int64")
+        return
+    if not isinstance(value, str):
+        raise StoreError(f"filter {name}: cannot filter on a {type(value).__name__} value:"
+                         " use str, int or bool")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError(f"filter {name}: the value is not valid Unicode"
+                         f" ({value[:40]!a})") from None
+    if "\x00" in value:
+        raise StoreError(f"filter {name}: the value holds a NUL character")
+
+
+def check_k(k: int) -> int:
+    """``k`` for a search: 0 or less finds nothing (callers return at once), more than
+    MAX_K is an error (Milvus's own limit, kept on both stores)."""
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise StoreError(f"k must be an integer, got {type(k).__name__}")
+    if k > MAX_K:
+        raise StoreError(f"k must be at most {MAX_K}, got {k}")
+    return max(k, 0)
 
 
 class VectorStore(Protocol):

@@ -14,16 +14,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from pymilvus import DataType, MilvusClient, MilvusException
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from streamrag.config import MilvusConfig
+from streamrag.errors import classify
 from streamrag.records import EmbeddingRecord
-from streamrag.stores.base import Filters, SearchHit, StoredChunk, StoreError
+from streamrag.stores.base import Filters, SearchHit, StoredChunk, StoreError, check_k
 
 _SCALARS = ["doc_id", "version", "position", "span_start", "span_end", "text", "content_hash",
             "source", "title", "metadata", "model_id", "source_ts_ms", "indexed_at_ms"]
+# Retry what may pass (the server restarting, a swap in flight), never a rejected value.
 _transient = retry(
-    retry=retry_if_exception_type((MilvusException, ConnectionError)),
+    retry=retry_if_exception(lambda e: classify(e) != "terminal"),
     wait=wait_exponential(multiplier=0.2, max=5),
     stop=stop_after_attempt(6),
     reraise=True,
@@ -91,9 +93,15 @@ class MilvusStore:
         if chunk_ids:
             self._client.delete(self.collection, filter=_ids_filter(chunk_ids))
 
-    @_transient
     def search(self, vector: Sequence[float], k: int, filters: Filters | None = None
                ) -> list[SearchHit]:
+        if check_k(k) == 0:
+            return []
+        return self._search(vector, k, filters)
+
+    @_transient
+    def _search(self, vector: Sequence[float], k: int, filters: Filters | None
+                ) -> list[SearchHit]:
         result = self._client.search(
             self.collection, data=[list(vector)], limit=k, filter=_filter_expression(filters),
             output_fields=_SCALARS,

@@ -39,9 +39,12 @@ from tenacity import (
 )
 
 from streamrag.config import PgvectorConfig
+from streamrag.errors import BadRecord
 from streamrag.records import EmbeddingRecord
-from streamrag.stores.base import Filters, SearchHit, StoredChunk, StoreError
+from streamrag.stores.base import Filters, SearchHit, StoredChunk, StoreError, check_k
 
+# A filter that matches at most this many rows is searched exactly (see search()).
+EXACT_SCAN_ROWS = 20_000
 REGISTRY = "streamrag_generations"  # generations of each served name, see streamrag.generations
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SCALARS = ["doc_id", "version", "position", "span_start", "span_end", "text", "content_hash",
@@ -115,6 +118,10 @@ class PgvectorStore:
             conn.execute(sql.SQL(
                 "CREATE INDEX IF NOT EXISTS {i} ON {t} USING hnsw (embedding vector_cosine_ops)"
             ).format(i=_index_name(self.table, "hnsw"), t=self._t))
+            # Metadata filters (metadata @> ...) find their rows without a full scan.
+            conn.execute(sql.SQL(
+                "CREATE INDEX IF NOT EXISTS {i} ON {t} USING gin (metadata jsonb_path_ops)"
+            ).format(i=_index_name(self.table, "metadata"), t=self._t))
 
     @_one_line
     def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
@@ -142,18 +149,47 @@ class PgvectorStore:
     @_one_line
     def search(self, vector: Sequence[float], k: int, filters: Filters | None = None
                ) -> list[SearchHit]:
-        if k <= 0:
+        """The k nearest chunks that match ``filters``. A filter that matches at most
+        EXACT_SCAN_ROWS rows is searched exactly: an HNSW scan that must skip past the
+        rows the filter excludes gives up after hnsw.max_scan_tuples or its memory, and
+        returned nothing at all for matches far from the query. Broader filters use the
+        index, and fall back to the exact scan if it still found fewer than k."""
+        if check_k(k) == 0:
             return []
+        filtered = filters is not None and not filters.empty
         where, params = _where(filters)
         params.update(v=np.asarray(vector, dtype=np.float32), k=k)
-        query = sql.SQL("SELECT 1 - (embedding <=> %(v)s), {cols} FROM {t} {where}"
-                        " ORDER BY embedding <=> %(v)s LIMIT %(k)s").format(
-            cols=_cols(["chunk_id", *_SCALARS]), t=self._t, where=where)
-        with self._pool.connection() as conn:
-            # Filtered HNSW scans go on until k rows match, still in exact distance order.
+        with self._pool.connection() as conn:  # one transaction: set_config(.., true) holds
+            if filtered and self._matches_at_most(conn, where, params):
+                return self._search_exactly(conn, where, params)
             conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true),"
-                         " set_config('hnsw.ef_search', %s, true)", [str(min(max(k, 40), 1000))])
-            rows = conn.execute(query, params).fetchall()
+                         " set_config('hnsw.ef_search', %s, true),"
+                         " set_config('hnsw.max_scan_tuples', '100000', true),"
+                         " set_config('hnsw.scan_mem_multiplier', '4', true)",
+                         [str(min(max(k, 40), 1000))])
+            rows = conn.execute(sql.SQL(
+                "SELECT 1 - (embedding <=> %(v)s), {cols} FROM {t} {where}"
+                " ORDER BY embedding <=> %(v)s LIMIT %(k)s").format(
+                cols=_cols(["chunk_id", *_SCALARS]), t=self._t, where=where), params).fetchall()
+            if filtered and len(rows) < k:
+                return self._search_exactly(conn, where, params)
+        return [SearchHit(float(row[0]), _stored(row[1:])) for row in rows]
+
+    def _matches_at_most(self, conn: psycopg.Connection[Any], where: sql.Composable,
+                         params: dict[str, Any]) -> bool:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {t} {where}"
+                                   " LIMIT %(cap)s) m").format(t=self._t, where=where),
+                           {**params, "cap": EXACT_SCAN_ROWS + 1}).fetchone()
+        return row is not None and int(row[0]) <= EXACT_SCAN_ROWS
+
+    def _search_exactly(self, conn: psycopg.Connection[Any], where: sql.Composable,
+                        params: dict[str, Any]) -> list[SearchHit]:
+        # MATERIALIZED keeps the planner from ordering by the HNSW index: every matching
+        # row's distance is computed, as an exact scan does.
+        rows = conn.execute(sql.SQL(
+            "WITH m AS MATERIALIZED (SELECT embedding <=> %(v)s AS d, {cols} FROM {t} {where})"
+            " SELECT 1 - d, {cols} FROM m ORDER BY d, chunk_id LIMIT %(k)s").format(
+            cols=_cols(["chunk_id", *_SCALARS]), t=self._t, where=where), params).fetchall()
         return [SearchHit(float(row[0]), _stored(row[1:])) for row in rows]
 
     @_one_line
@@ -264,7 +300,7 @@ def _cols(names: Sequence[str]) -> sql.Composable:
 
 
 def _where(filters: Filters | None) -> tuple[sql.Composable, dict[str, Any]]:
-    if filters is None or not (filters.fields or filters.metadata):
+    if filters is None or filters.empty:
         return sql.SQL(""), {}
     clauses: list[sql.Composable] = []
     params: dict[str, Any] = {}
@@ -280,7 +316,7 @@ def _where(filters: Filters | None) -> tuple[sql.Composable, dict[str, Any]]:
 def _row(record: EmbeddingRecord, now_ms: int) -> tuple[Any, ...]:
     c = record.chunk
     if record.vector is None:
-        raise StoreError(f"chunk {c.chunk_id} has no vector: cannot upsert it")
+        raise BadRecord(f"chunk {c.chunk_id} has no vector: cannot upsert it")
     return (c.chunk_id, np.asarray(record.vector, dtype=np.float32), c.doc_id, c.version,
             c.position, c.start, c.end, c.text, c.content_hash, c.source, c.title,
             Jsonb(c.metadata), record.model_id, c.source_ts_ms, now_ms)

@@ -7,6 +7,7 @@ dropped afterwards. No mocks.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 import uuid
@@ -19,7 +20,14 @@ import pytest
 from streamrag.config import MilvusConfig, PgvectorConfig, Settings, load_settings
 from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores import open_store
-from streamrag.stores.base import Filters, StoreError, VectorStore, apply_records
+from streamrag.stores.base import (
+    MAX_K,
+    Filters,
+    SearchHit,
+    StoreError,
+    VectorStore,
+    apply_records,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -200,6 +208,120 @@ def test_selective_filters_find_every_match_in_an_indexed_collection(store):
     hits = store.search(query, k=300, filters=Filters(fields={"doc_id": "doc3"}))
     assert len(hits) == 200 and {h.chunk.doc_id for h in hits} == {"doc3"}
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+# --- filtered search equals an exact scan ---------------------------------------------
+#
+# A cluster of rare rows sits opposite the query, behind 29,925 closer rows: an HNSW scan
+# that skips the rows the filter excludes gives up after hnsw.max_scan_tuples (20,000)
+# before it meets one. pgvector returned nothing here (and, on smaller tables, nothing
+# once PostgreSQL switched a long-lived connection's statement to a generic plan).
+
+WIDE_DIM, WIDE_ROWS, RARE_EVERY = 32, 30_000, 400
+
+
+@dataclasses.dataclass
+class Wide:
+    store: VectorStore
+    vectors: np.ndarray  # row i is chunk f"w{i}"
+    rare: np.ndarray  # bool per row: metadata tier == "rare", doc id "rare-doc"
+    query: list[float]
+
+
+@pytest.fixture(scope="module", params=["milvus", "pgvector"])
+def wide(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Wide]:
+    rng = np.random.default_rng(7)
+    far = rng.normal(size=WIDE_DIM)
+    vectors = rng.normal(size=(WIDE_ROWS, WIDE_DIM))
+    rare = np.arange(WIDE_ROWS) % RARE_EVERY == 0
+    vectors[rare] = vectors[rare] * 0.1 - far * 3
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    store = open_store(_config(request.param, settings), f"t_{uuid.uuid4().hex[:8]}")
+    store.ensure(WIDE_DIM)
+    try:
+        for start in range(0, WIDE_ROWS, 4000):
+            store.upsert([_wide_record(i, vectors[i], bool(rare[i]))
+                          for i in range(start, min(start + 4000, WIDE_ROWS))])
+        store.flush()
+        yield Wide(store, vectors, rare, (far / np.linalg.norm(far)).tolist())
+    finally:
+        store.drop()
+        store.close()
+
+
+def _wide_record(i: int, vector: np.ndarray, rare: bool) -> EmbeddingRecord:
+    chunk = ChunkRecord(chunk_id=f"w{i}", doc_id="rare-doc" if rare else f"doc{i % 97}",
+                        version=1, op="upsert", position=i, text=f"row {i}",
+                        content_hash=f"h{i}", source="wide",
+                        metadata={"tier": "rare" if rare else "common", "n": i % 5})
+    return EmbeddingRecord(chunk, "model-a", vector.tolist())
+
+
+def assert_exact(w: Wide, hits: list[SearchHit], mask: np.ndarray, k: int) -> None:
+    """``hits`` are what an exact scan over the rows in ``mask`` returns (rows whose
+    scores tie within float error may trade places)."""
+    exact = w.vectors @ np.asarray(w.query, np.float32)
+    rows = [int(h.chunk.chunk_id[1:]) for h in hits]
+    assert len(hits) == min(k, int(mask.sum())) and len(set(rows)) == len(rows)
+    assert all(mask[i] for i in rows), "a hit does not match the filter"
+    np.testing.assert_allclose([h.score for h in hits], exact[rows], atol=1e-4)
+    assert all(a.score >= b.score - 1e-6 for a, b in itertools.pairwise(hits))
+    kth_best = np.sort(exact[mask])[::-1][len(hits) - 1]
+    assert all(exact[i] >= kth_best - 1e-4 for i in rows), "a nearer match was skipped"
+
+
+def test_selective_filter_far_from_the_query_equals_an_exact_scan_on_every_call(wide):
+    assert wide.rare.sum() < 100  # k is larger than the matches
+    for _ in range(12):  # past PostgreSQL's switch to generic plans (after 5 executions)
+        hits = wide.store.search(wide.query, k=100, filters=Filters(metadata={"tier": "rare"}))
+        assert_exact(wide, hits, wide.rare, 100)
+    hits = wide.store.search(wide.query, k=10, filters=Filters(fields={"doc_id": "rare-doc"}))
+    assert_exact(wide, hits, wide.rare, 10)
+
+
+def test_combined_filters_equal_an_exact_scan(wide):
+    mask = wide.rare & (np.arange(WIDE_ROWS) % 5 == 0)
+    for _ in range(8):
+        hits = wide.store.search(wide.query, k=7, filters=Filters(
+            fields={"doc_id": "rare-doc"}, metadata={"tier": "rare", "n": 0}))
+        assert_exact(wide, hits, mask, 7)
+
+
+def test_broad_filter_finds_k_nearest_matches(wide):
+    hits = wide.store.search(wide.query, k=20, filters=Filters(metadata={"tier": "common"}))
+    assert len(hits) == 20 and {h.chunk.metadata["tier"] for h in hits} == {"common"}
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_k_of_zero_or_less_finds_nothing_at_once(store, k):
+    write(store, [rec(i) for i in range(3)])
+    start = time.monotonic()
+    assert store.search(vec(1), k=k) == []
+    assert store.search(vec(1), k=k, filters=Filters(metadata={"lang": "en"})) == []
+    assert time.monotonic() - start < 1
+
+
+def test_k_beyond_the_limit_is_one_clear_error(store):
+    with pytest.raises(StoreError, match="k must be at most"):
+        store.search(vec(1), k=MAX_K + 1)
+
+
+@pytest.mark.parametrize("value", ["\ud800", "caf\udce9", "a\x00b"])
+def test_filter_values_that_cannot_be_valid_fail_at_once(value):
+    start = time.monotonic()
+    with pytest.raises(StoreError, match="filter"):
+        Filters(fields={"doc_id": value})
+    with pytest.raises(StoreError, match="filter"):
+        Filters(metadata={"lang": value})
+    assert time.monotonic() - start < 1
+
+
+@pytest.mark.parametrize("value", [1.5, None, ["en"], {"x": 1}, 2**70])
+def test_filter_values_of_other_types_fail_at_once(value):
+    with pytest.raises(StoreError, match="filter"):
+        Filters(metadata={"lang": value})
 
 
 @pytest.mark.parametrize("value", INJECTIONS)
