@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from streamrag.config import PROJECT_ROOT, Settings
+from streamrag.errors import UserError
 from streamrag.kafka import KafkaUnavailable
 
 DEFAULT_CONNECTOR_FILE = PROJECT_ROOT / "connect" / "postgres-source.json"
@@ -37,7 +38,7 @@ _PLACEHOLDER = re.compile(r"\$\{(STREAMRAG_[A-Z0-9_]+)\}")
 _QUALIFIED = re.compile(r"\b(?:[a-z_$][\w$]*\.)+([A-Z][\w$]*(?:Exception|Error))")
 
 
-class ConnectError(Exception):
+class ConnectError(UserError):
     """A Kafka Connect request or connector that failed; the message is one line."""
 
 

@@ -41,7 +41,7 @@ from jobs.chunking.normalize import normalize_record
 from jobs.chunking.planner import DocState
 from jobs.chunking.stage import ChunkStage
 from jobs.embedding.embedder import Embedder
-from jobs.embedding.model import load_model, model_dimension, resolve_model
+from streamrag.models import load_model, model_dimension, resolve_model
 from jobs.indexing.writer import IndexWriter
 from streamrag.boundary import ErrorBoundary, FailureLedger
 from streamrag.config import Settings

@@ -25,10 +25,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from streamrag.errors import UserError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A config that cannot be used; the message is one line for the user."""
 
 

@@ -24,6 +24,11 @@ from typing import Literal
 Disposition = Literal["terminal", "transient", "unknown"]
 
 
+class UserError(Exception):
+    """An expected failure (bad arguments or config, a service that is down); the message
+    is one line for the user, which the CLI prints without a traceback."""
+
+
 class BadRecord(ValueError):
     """A record that cannot be used as it is; ``str(e)`` is the reason for the dead letters."""
 

@@ -1,4 +1,11 @@
-"""Kafka plumbing for the CLI and tests: topics, a producer, reading a topic to its end."""
+"""Kafka plumbing: the pipeline's topics, a producer, and one reader of a topic's log.
+
+Everything but the dead letters is compacted (DESIGN.md invariant 7): the latest record
+of every key is kept forever, so the index can always be rebuilt from the log.
+:func:`read_log` is the one way the project reads a topic back (replay, verification,
+catch-up, tests, the bench): every record between two offsets, or an error; never a
+partial log returned quietly.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +24,11 @@ from tenacity import (
 )
 
 from streamrag.config import Settings
+from streamrag.errors import UserError
+from streamrag.limits import DOCUMENT_RECORD_BYTES
 
-MAX_MESSAGE_BYTES = 16 * 2**20
 
-
-class KafkaUnavailable(Exception):
+class KafkaUnavailable(UserError):
     """Kafka cannot be reached; the message is one line for the user."""
 
 
@@ -29,23 +36,26 @@ class TopicMissing(KafkaUnavailable):
     """The topic does not exist (yet: Debezium creates its topics with their first event)."""
 
 
-# The log is the source of truth (DESIGN.md invariant 7): everything but the dead
-# letters is compacted, so the latest record of every key is kept forever.
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic name -> config of every topic the pipeline reads or writes."""
     k = settings.kafka
     compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+    # Source records may be large (documents; CDC updates carry the old and the new row):
+    # the normalize and chunk steps dead-letter oversized ones with a reason, instead of
+    # the broker rejecting them at the door. Derived records stay under 1 MB by the limits.
+    large = {**compacted, "max.message.bytes": str(DOCUMENT_RECORD_BYTES.value)}
     topics = {t: compacted for t in (k.chunks_topic, k.embeddings_topic)}
-    # Documents may be large; the chunk stage sends oversized ones to the dead letters
-    # with a reason instead of the broker rejecting them at the door.
-    topics[k.documents_topic] = {**compacted, "max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    topics[k.documents_topic] = large
     topics[k.dead_letter_topic] = {"cleanup.policy": "delete", "retention.ms": str(30 * 86400_000)}
+    # Debezium creates its topics with the first event; the job must find them at start.
+    topics.update({t: large for t in settings.cdc.tables})
     return topics
 
 
 @retry(retry=retry_if_exception_type(KafkaUnavailable), wait=wait_exponential(0.5, max=5),
        stop=stop_after_delay(30), reraise=True)
 def ensure_topics(settings: Settings) -> list[str]:
-    """Create missing topics (idempotent); returns the ones created."""
+    """Create the missing topics of topic_configs (idempotent); returns the ones created."""
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
     try:
         existing = set(admin.list_topics(timeout=5).topics)
@@ -78,7 +88,7 @@ class RecordProducer:
     def __init__(self, settings: Settings) -> None:
         self._producer = Producer({
             "bootstrap.servers": settings.kafka.bootstrap, "enable.idempotence": True,
-            "linger.ms": 5, "message.timeout.ms": 60000, "message.max.bytes": MAX_MESSAGE_BYTES,
+            "linger.ms": 5, "message.timeout.ms": 60000, "message.max.bytes": DOCUMENT_RECORD_BYTES.value,
         })
         self._errors: list[str] = []
 
@@ -135,27 +145,51 @@ def _end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
             for p in meta.partitions}
 
 
-def read_topic(settings: Settings, topic: str, timeout_s: float = 30) -> Iterator[Message]:
-    """Every record of ``topic`` from the earliest offset up to the end at call time."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap,
-                         "group.id": "streamrag-reader", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest"})
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Partition -> end offset of ``topic`` now."""
+    consumer = _consumer(settings)
     try:
-        ends = end_offsets_of(consumer, topic)
-        todo = {p for p, end in ends.items() if end > 0}
-        consumer.assign([TopicPartition(topic, p, 0) for p in todo])
-        deadline = time.monotonic() + timeout_s
-        while todo and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            if msg.offset() < ends[msg.partition()]:
-                yield Message(topic, msg.partition(), msg.offset(), msg.key(), msg.value(),
-                              msg.timestamp()[1])
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                todo.discard(msg.partition())
+        return end_offsets_of(consumer, topic)
     finally:
         consumer.close()
+
+
+def read_log(settings: Settings, topic: str, start: dict[int, int] | None = None,
+             end: dict[int, int] | None = None, timeout_s: float = 300) -> Iterator[Message]:
+    """Every record of ``topic`` from ``start`` (default: the earliest offsets) up to
+    ``end`` (default: the end offsets at call time). TopicMissing when the topic does not
+    exist; KafkaUnavailable when the log cannot be read to ``end`` within ``timeout_s``."""
+    consumer = _consumer(settings)
+    try:
+        end = end_offsets_of(consumer, topic) if end is None else end
+        start = start or {}
+        todo = {p for p, e in end.items() if e > start.get(p, 0)}
+        if todo:
+            consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in todo])
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"reading {topic} timed out after {timeout_s:.0f} s")
+            msg = consumer.poll(0.5)
+            if msg is None:  # compaction or control records may leave the end unreachable
+                done = consumer.position([TopicPartition(topic, p) for p in todo])
+                todo -= {tp.partition for tp in done if tp.offset >= end[tp.partition]}
+                continue
+            if msg.error():
+                continue
+            p = msg.partition()
+            if msg.offset() < end[p]:
+                yield Message(topic, p, msg.offset(), msg.key(), msg.value(), msg.timestamp()[1])
+            if msg.offset() + 1 >= end[p]:
+                todo.discard(p)
+    finally:
+        consumer.close()
+
+
+def _consumer(settings: Settings) -> Consumer:
+    return Consumer({"bootstrap.servers": settings.kafka.bootstrap, "enable.auto.commit": False,
+                     "group.id": "streamrag-log-reader", "auto.offset.reset": "earliest",
+                     "isolation.level": "read_committed"})
 
 
 def send_all(settings: Settings, topic: str, records: Iterable[tuple[str, str | bytes | None]],

@@ -15,12 +15,13 @@ from pathlib import Path
 import psycopg
 
 from streamrag.config import PROJECT_ROOT, Settings
+from streamrag.errors import UserError
 
 SOURCE_DIR = PROJECT_ROOT / "sql" / "source"
 _LOCK_KEY = "streamrag_migrations"
 
 
-class MigrationError(Exception):
+class MigrationError(UserError):
     """The schema could not be applied; the message is one line for the user."""
 
 

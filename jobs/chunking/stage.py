@@ -14,7 +14,7 @@ from collections.abc import Callable
 from jobs.chunking.chunker import Chunker, Span, get_encoding
 from jobs.chunking.cleaning import clean
 from jobs.chunking.planner import ChunkPlan, DocState, is_stale, plan_document
-from jobs.embedding.model import ModelRef, ModelTokenizer
+from streamrag.models import ModelRef, ModelTokenizer
 from streamrag.config import ChunkingConfig
 from streamrag.errors import BadRecord
 from streamrag.limits import CHUNK_TEXT_BYTES, exceeded, utf8_size

@@ -10,15 +10,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 
+from streamrag.models import Encoder, encode
 from streamrag.records import ChunkRecord, EmbeddingRecord
-
-
-class Encoder(Protocol):
-    """The part of SentenceTransformer that we use."""
-
-    def encode(self, sentences: list[str], **kwargs: object) -> Sequence[Sequence[float]]: ...
 
 
 class Embedder:
@@ -58,17 +52,8 @@ class Embedder:
         self._remember(fresh)
         return out
 
-    def embed_query(self, text: str) -> list[float]:
-        return self._encode([text])[0]
-
     def _encode(self, texts: list[str]) -> list[list[float]]:
-        if not texts:
-            return []
-        vectors = self._encoder.encode(
-            texts, batch_size=self._batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
-        )
-        return [[float(x) for x in v] for v in vectors]
+        return encode(self._encoder, texts, self._batch_size)
 
     def _remember(self, fresh: dict[str, list[float]]) -> None:
         self._cache.update(fresh)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from streamrag.errors import UserError
 from streamrag.records import EmbeddingRecord
 
 # Filters are values, never code: only these fields (and metadata keys matching
@@ -21,7 +22,7 @@ METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_K = 16_384
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A store operation that failed; the message is one line for the user."""
 
 
@@ -69,10 +70,10 @@ class Filters:
             if not isinstance(value, str):
                 raise StoreError(f"filter {name} must be a string, got {type(value).__name__}")
             _check_value(name, value)
-        for key, value in self.metadata.items():
+        for key, meta in self.metadata.items():
             if not isinstance(key, str) or not METADATA_KEY.fullmatch(key):
                 raise StoreError(f"metadata filter key {key!a} must be a plain identifier")
-            _check_value(key, value)
+            _check_value(key, meta)
 
     @property
     def empty(self) -> bool:
@@ -87,13 +88,15 @@ def _check_value(name: str, value: object) -> None:
             raise StoreError(f"filter {name}: {value} is outside int64")
         return
     if not isinstance(value, str):
-        raise StoreError(f"filter {name}: cannot filter on a {type(value).__name__} value:"
-                         " use str, int or bool")
+        raise StoreError(
+            f"filter {name}: cannot filter on a {type(value).__name__} value: use str, int or bool"
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise StoreError(f"filter {name}: the value is not valid Unicode"
-                         f" ({value[:40]!a})") from None
+        raise StoreError(
+            f"filter {name}: the value is not valid Unicode ({value[:40]!a})"
+        ) from None
     if "\x00" in value:
         raise StoreError(f"filter {name}: the value holds a NUL character")
 
@@ -123,8 +126,9 @@ class VectorStore(Protocol):
 
     def delete(self, chunk_ids: Sequence[str]) -> None: ...
 
-    def search(self, vector: Sequence[float], k: int, filters: Filters | None = None
-               ) -> list[SearchHit]: ...
+    def search(
+        self, vector: Sequence[float], k: int, filters: Filters | None = None
+    ) -> list[SearchHit]: ...
 
     def get(self, chunk_ids: Sequence[str], with_vectors: bool = False) -> list[StoredChunk]: ...
 
@@ -138,26 +142,58 @@ class VectorStore(Protocol):
         """Make recent writes visible to searches (Milvus); a no-op where they already are."""
 
     def drop(self) -> None:
-        """Remove the collection/table and everything in it."""
+        """Remove the collection/table and everything in it (not a generations alias or
+        view: GenerationCatalog.drop_all)."""
 
     def close(self) -> None: ...
 
 
-def apply_records(store: VectorStore, records: Sequence[EmbeddingRecord]) -> None:
-    """Apply upserts and trim markers in order; consecutive upserts go in one write.
+def stored_vectors(
+    store: VectorStore, chunk_ids: Sequence[str], model_id: str
+) -> dict[str, list[float]]:
+    """Content hash -> vector, for the chunks that ``store`` holds embedded by ``model_id``
+    (the embed stage reuses them instead of calling the model again)."""
+    stored = store.get(chunk_ids, with_vectors=True) if chunk_ids else []
+    return {
+        s.content_hash: s.vector for s in stored if s.model_id == model_id and s.vector is not None
+    }
 
-    A document's trim follows its upserts, so an update never removes a chunk that it
-    keeps (invariant 4), and versions guard every write (invariant 2).
-    """
-    pending: dict[str, EmbeddingRecord] = {}
-    for record in records:
-        chunk = record.chunk
-        if chunk.op == "upsert":
-            pending[chunk.chunk_id] = record
-            continue
-        if pending:
-            store.upsert(list(pending.values()))
-            pending.clear()
-        store.trim(chunk.doc_id, chunk.position, chunk.version)
-    if pending:
-        store.upsert(list(pending.values()))
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One generation of an index: the collection/table ``name`` holds it."""
+
+    number: int
+    name: str
+    model_id: str
+    created_at_ms: int
+    serving: bool
+    served_at_ms: int = 0  # when it last became serving; 0: never served
+
+
+class GenerationCatalog(Protocol):
+    """The generations of one serving name in one store (Milvus collections behind an
+    alias, pgvector tables behind a view). It does what it is told, each operation
+    atomically for readers and writers; the policy is streamrag.generations'."""
+
+    base: str  # the serving name
+
+    def generations(self) -> list[Generation]:
+        """Every generation; a serving name that is still a plain collection/table is
+        generation 0."""
+
+    def serving(self) -> Generation | None: ...
+
+    def create(self, number: int, name: str, model_id: str, dim: int) -> None:
+        """Create generation ``number``, empty, in collection/table ``name``."""
+
+    def swap(self, target: Generation) -> None:
+        """Serve ``target`` under the base name."""
+
+    def drop(self, name: str) -> None:
+        """Drop one generation that is not serving."""
+
+    def drop_all(self) -> None:
+        """Drop the serving name and every generation."""
+
+    def close(self) -> None: ...

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from jobs.indexing.apply import apply_records
+from jobs.indexing.log import expected_state
 from streamrag.config import MilvusConfig, PgvectorConfig, Settings, load_settings
 from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores import open_store
@@ -26,7 +28,6 @@ from streamrag.stores.base import (
     SearchHit,
     StoreError,
     VectorStore,
-    apply_records,
 )
 
 pytestmark = pytest.mark.integration
@@ -37,19 +38,18 @@ INJECTIONS = ['x" or doc_id != "', "x' OR '1'='1", 'x\\" or true or \\"', "x') O
 
 @pytest.fixture(scope="module")
 def settings() -> Settings:
-    from streamrag.stack import secrets_dir
-
     s = load_settings()
     # libpq reads the password from here; PgvectorConfig.dsn never holds it.
-    os.environ.setdefault("PGPASSFILE", str(secrets_dir(s) / "pgpass"))
+    os.environ.setdefault("PGPASSFILE", str(s.stack.secrets_dir / "pgpass"))
     return s
 
 
 def _config(kind: str, settings: Settings) -> MilvusConfig | PgvectorConfig:
     if kind == "milvus":
         return MilvusConfig(uri=f"http://127.0.0.1:{settings.stack.milvus_port}")
-    return PgvectorConfig(dsn=f"host=127.0.0.1 port={settings.stack.postgres_port}"
-                              " user=postgres dbname=streamrag")
+    return PgvectorConfig(
+        dsn=f"host=127.0.0.1 port={settings.stack.postgres_port} user=postgres dbname=streamrag"
+    )
 
 
 @pytest.fixture(params=["milvus", "pgvector"])
@@ -68,12 +68,26 @@ def vec(seed: int) -> list[float]:
     return (v / np.linalg.norm(v)).astype(np.float32).tolist()
 
 
-def rec(i: int, doc: str = "d1", version: int = 1, text: str | None = None,
-        cid: str | None = None, **meta: str | int | bool) -> EmbeddingRecord:
+def rec(
+    i: int,
+    doc: str = "d1",
+    version: int = 1,
+    text: str | None = None,
+    cid: str | None = None,
+    **meta: str | int | bool,
+) -> EmbeddingRecord:
     chunk = ChunkRecord(
-        chunk_id=cid or f"{doc}-{i}", doc_id=doc, version=version, op="upsert", position=i,
-        start=10 * i, end=10 * i + 9, text=text if text is not None else f"chunk {i} of {doc}",
-        content_hash=f"h{i}", source=f"src-{doc}", title=f"Title {doc}",
+        chunk_id=cid or f"{doc}-{i}",
+        doc_id=doc,
+        version=version,
+        op="upsert",
+        position=i,
+        start=10 * i,
+        end=10 * i + 9,
+        text=text if text is not None else f"chunk {i} of {doc}",
+        content_hash=f"h{i}",
+        source=f"src-{doc}",
+        title=f"Title {doc}",
         metadata=meta or {"lang": "en", "n": i, "even": i % 2 == 0},
         source_ts_ms=1_700_000_000_000 + i,
     )
@@ -82,8 +96,15 @@ def rec(i: int, doc: str = "d1", version: int = 1, text: str | None = None,
 
 
 def trim(doc: str, from_position: int, below_version: int) -> EmbeddingRecord:
-    return EmbeddingRecord(ChunkRecord(chunk_id=f"trim:{doc}", doc_id=doc,
-                                       version=below_version, op="trim", position=from_position))
+    return EmbeddingRecord(
+        ChunkRecord(
+            chunk_id=f"trim:{doc}",
+            doc_id=doc,
+            version=below_version,
+            op="trim",
+            position=from_position,
+        )
+    )
 
 
 def write(store: VectorStore, records: list[EmbeddingRecord]) -> None:
@@ -150,9 +171,30 @@ def test_apply_records_update_then_trim_keeps_only_new(store):
 
 def test_apply_records_trim_then_upsert_keeps_chunk(store):
     write(store, [rec(0, doc="a"), rec(1, doc="a")])
-    write(store, [trim("a", 0, 2), rec(0, doc="a", version=2)])
+    write(store, [trim("a", 0, 2), rec(0, doc="a", version=3)])  # deleted, then re-created
     assert store.doc_chunk_ids("a") == ["a-0"]
-    assert store.get(["a-0"])[0].version == 2
+    assert store.get(["a-0"])[0].version == 3
+
+
+def test_applying_a_log_in_any_partition_order_gives_its_expected_state(store):
+    # Trims are keyed by document, chunks by chunk id: they may be read in any order.
+    log = [
+        trim("a", 2, 2),
+        rec(0, doc="a"),
+        rec(1, doc="a"),
+        rec(2, doc="a"),
+        rec(0, doc="a", version=2),
+        rec(1, doc="a", version=2),
+        rec(0, doc="b"),
+        trim("b", 0, 3),
+        rec(0, doc="c"),
+        rec(0, doc="c", text="re"),
+        rec(0, doc="d", version=4),
+        rec(1, doc="d", version=4),
+        trim("d", 0, 4),
+    ]
+    write(store, log)
+    assert store.all_ids() == sorted(expected_state(log)) == ["a-0", "a-1", "c-0"]
 
 
 def test_trim_spares_newer_versions_and_deletes_whole_doc(store):
@@ -188,8 +230,9 @@ def test_filters_restrict_results(store):
     assert len(by_model) == 12
     by_int = store.search(query, k=20, filters=Filters(metadata={"n": 3}))
     assert sorted(h.chunk.chunk_id for h in by_int) == ["a-3", "b-3"]
-    by_bool = store.search(query, k=20, filters=Filters(fields={"doc_id": "a"},
-                                                        metadata={"even": True}))
+    by_bool = store.search(
+        query, k=20, filters=Filters(fields={"doc_id": "a"}, metadata={"even": True})
+    )
     assert sorted(h.chunk.chunk_id for h in by_bool) == ["a-0", "a-2", "a-4"]
     by_str = store.search(query, k=20, filters=Filters(metadata={"lang": "en"}))
     assert len(by_str) == 12
@@ -200,8 +243,10 @@ def test_selective_filters_find_every_match_in_an_indexed_collection(store):
     # Two flushed batches: Milvus searches two indexed segments, where HNSW with its
     # default ef (64) used to drop filtered matches (182 of 200 here).
     for batch in range(2):
-        write(store, [rec(i, doc=f"doc{i % 10}", cid=f"c{batch}-{i}", n=i, lang="en")
-                      for i in range(1000)])
+        write(
+            store,
+            [rec(i, doc=f"doc{i % 10}", cid=f"c{batch}-{i}", n=i, lang="en") for i in range(1000)],
+        )
     query = rec(0, doc="doc0").vector
     hits = store.search(query, k=10, filters=Filters(metadata={"n": 777}))
     assert sorted(h.chunk.chunk_id for h in hits) == ["c0-777", "c1-777"]
@@ -240,8 +285,12 @@ def wide(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Wide]:
     store.ensure(WIDE_DIM)
     try:
         for start in range(0, WIDE_ROWS, 4000):
-            store.upsert([_wide_record(i, vectors[i], bool(rare[i]))
-                          for i in range(start, min(start + 4000, WIDE_ROWS))])
+            store.upsert(
+                [
+                    _wide_record(i, vectors[i], bool(rare[i]))
+                    for i in range(start, min(start + 4000, WIDE_ROWS))
+                ]
+            )
         store.flush()
         yield Wide(store, vectors, rare, (far / np.linalg.norm(far)).tolist())
     finally:
@@ -250,10 +299,17 @@ def wide(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Wide]:
 
 
 def _wide_record(i: int, vector: np.ndarray, rare: bool) -> EmbeddingRecord:
-    chunk = ChunkRecord(chunk_id=f"w{i}", doc_id="rare-doc" if rare else f"doc{i % 97}",
-                        version=1, op="upsert", position=i, text=f"row {i}",
-                        content_hash=f"h{i}", source="wide",
-                        metadata={"tier": "rare" if rare else "common", "n": i % 5})
+    chunk = ChunkRecord(
+        chunk_id=f"w{i}",
+        doc_id="rare-doc" if rare else f"doc{i % 97}",
+        version=1,
+        op="upsert",
+        position=i,
+        text=f"row {i}",
+        content_hash=f"h{i}",
+        source="wide",
+        metadata={"tier": "rare" if rare else "common", "n": i % 5},
+    )
     return EmbeddingRecord(chunk, "model-a", vector.tolist())
 
 
@@ -282,8 +338,11 @@ def test_selective_filter_far_from_the_query_equals_an_exact_scan_on_every_call(
 def test_combined_filters_equal_an_exact_scan(wide):
     mask = wide.rare & (np.arange(WIDE_ROWS) % 5 == 0)
     for _ in range(8):
-        hits = wide.store.search(wide.query, k=7, filters=Filters(
-            fields={"doc_id": "rare-doc"}, metadata={"tier": "rare", "n": 0}))
+        hits = wide.store.search(
+            wide.query,
+            k=7,
+            filters=Filters(fields={"doc_id": "rare-doc"}, metadata={"tier": "rare", "n": 0}),
+        )
         assert_exact(wide, hits, mask, 7)
 
 
@@ -354,16 +413,27 @@ def test_invalid_filter_field_raises():
 
 
 def test_stored_chunk_round_trips(store):
-    record = rec(3, doc="doc/ü", text="ünïcödé \"quoted\" 'single' \\ back\nline",
-                 lang="de", n=7, flag=False)
+    record = rec(
+        3, doc="doc/ü", text="ünïcödé \"quoted\" 'single' \\ back\nline", lang="de", n=7, flag=False
+    )
     before = int(time.time() * 1000) - 1000
     write(store, [record])
     [chunk] = store.get([record.chunk.chunk_id], with_vectors=True)
     c = record.chunk
-    assert (chunk.chunk_id, chunk.doc_id, chunk.version, chunk.position, chunk.start,
-            chunk.end) == (c.chunk_id, c.doc_id, c.version, c.position, c.start, c.end)
+    assert (
+        chunk.chunk_id,
+        chunk.doc_id,
+        chunk.version,
+        chunk.position,
+        chunk.start,
+        chunk.end,
+    ) == (c.chunk_id, c.doc_id, c.version, c.position, c.start, c.end)
     assert (chunk.text, chunk.content_hash, chunk.source, chunk.title) == (
-        c.text, c.content_hash, c.source, c.title)
+        c.text,
+        c.content_hash,
+        c.source,
+        c.title,
+    )
     assert chunk.metadata == {"lang": "de", "n": 7, "flag": False}
     assert (chunk.model_id, chunk.source_ts_ms) == ("model-a", c.source_ts_ms)
     assert chunk.indexed_at_ms > before

@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING
 
 from streamrag.config import Settings
 from streamrag.generations import GenerationError, serving
+from streamrag.models import encode
 from streamrag.stores import open_store
 from streamrag.stores.base import Filters, SearchHit
 
 if TYPE_CHECKING:
-    from jobs.embedding.model import ModelRef
+    from streamrag.models import ModelRef
 
 
 class Retriever:
@@ -23,8 +24,7 @@ class Retriever:
     """
 
     def __init__(self, settings: Settings) -> None:
-        from jobs.embedding.embedder import Embedder
-        from jobs.embedding.model import load_model
+        from streamrag.models import load_model
 
         ref = serving_model(settings)
         try:
@@ -34,16 +34,12 @@ class Retriever:
                 f"the serving index was built with model {ref.model_id!r}, which cannot be"
                 f" loaded here ({type(e).__name__}): set embedding.model to its name or path,"
                 " or serve another generation") from None
-        self._embedder = Embedder(model, ref.model_id)
+        self._model = model
+        self.model_id = ref.model_id  # the model that embeds the queries: the serving one's
         self._store = open_store(settings.store)
 
-    @property
-    def model_id(self) -> str:
-        """The model that embeds the queries: the serving generation's."""
-        return self._embedder.model_id
-
     def search(self, text: str, k: int = 5, filters: Filters | None = None) -> list[SearchHit]:
-        return self._store.search(self._embedder.embed_query(text), k, filters)
+        return self._store.search(encode(self._model, [text])[0], k, filters)
 
     def close(self) -> None:
         self._store.close()
@@ -52,7 +48,7 @@ class Retriever:
 def serving_model(settings: Settings) -> ModelRef:
     """The model that the serving generation was built with (by its recorded id); the
     configured model when the index records none (empty, or not built yet)."""
-    from jobs.embedding.model import BUNDLED, BUNDLED_MODEL_ID, resolve_model
+    from streamrag.models import BUNDLED, BUNDLED_MODEL_ID, resolve_model
 
     configured = resolve_model(settings.embedding.model)
     current = serving(settings)

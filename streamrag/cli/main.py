@@ -90,7 +90,7 @@ def query(
     meta: Annotated[list[str] | None, typer.Option(help="Metadata filter key=value.")] = None,
 ) -> None:
     """Search the index and print the top chunks with score, doc id and text span."""
-    from streamrag.query import Retriever, format_hit
+    from streamrag.retrieval import Retriever, format_hit
     from streamrag.stores.base import Filters
 
     fields = {k_: v for k_, v in (("doc_id", doc_id), ("source", source)) if v is not None}

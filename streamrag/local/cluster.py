@@ -20,13 +20,14 @@ import typer
 import yaml
 
 from streamrag.config import PROJECT_ROOT, Settings, load_settings
+from streamrag.errors import UserError
 
 PYFLINK_HOME = Path(pyflink.__file__).parent
 REST_PORT = 18081
 app = typer.Typer(no_args_is_help=True, help="Local standalone Flink cluster (flink run).")
 
 
-class ClusterError(Exception):
+class ClusterError(UserError):
     """The local Flink cluster cannot do what was asked; one line for the user."""
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # torch and sentence-transformers take ~5 s to import: load lazily
     from sentence_transformers import SentenceTransformer
@@ -75,6 +75,21 @@ class ModelTokenizer:
         if not ids or self._unknown_id is None:
             return 0.0
         return ids.count(self._unknown_id) / len(ids)
+
+
+class Encoder(Protocol):
+    """The part of SentenceTransformer that we use."""
+
+    def encode(self, sentences: list[str], **kwargs: Any) -> Sequence[Sequence[float]]: ...
+
+
+def encode(encoder: Encoder, texts: list[str], batch_size: int = 32) -> list[list[float]]:
+    """Unit-length vectors of ``texts`` (cosine = dot product), as plain lists."""
+    if not texts:
+        return []
+    vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                             convert_to_numpy=True, show_progress_bar=False)
+    return [[float(x) for x in v] for v in vectors]
 
 
 def model_fit_checker(ref: ModelRef) -> tuple[Callable[[str], bool], int]:

@@ -49,7 +49,7 @@ class ReplayError(GenerationError):
 def rematerialize(settings: Settings, swap: bool = True, progress: bool = True,
                   before_verify: Callable[[VectorStore], None] | None = None) -> Generation:
     """A new generation from the embeddings topic: replay, catch up, verify, swap."""
-    from jobs.embedding.model import model_dimension, resolve_model
+    from streamrag.models import model_dimension, resolve_model
     from jobs.replay import LogState, end_offsets, parse, read_log
 
     topic = settings.kafka.embeddings_topic
@@ -88,7 +88,7 @@ def rematerialize(settings: Settings, swap: bool = True, progress: bool = True,
 def full_replay(settings: Settings, model: str | None = None, swap: bool = True,
                 progress: bool = True) -> Generation:
     """A new generation re-chunked and re-embedded from the source topics."""
-    from jobs.embedding.model import model_dimension, resolve_model
+    from streamrag.models import model_dimension, resolve_model
     from jobs.replay import LogState, end_offsets, parse, read_log
     from streamrag.kafka import ensure_topics
 

@@ -1,0 +1,1 @@
+"""The `streamrag` command, on top of everything else (see main.py)."""
