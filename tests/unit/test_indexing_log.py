@@ -1,16 +1,21 @@
-"""The state a replayed generation must hold, as a pure function of the embeddings log."""
+"""The state a generation must hold, as a pure function of the embeddings log
+(jobs.indexing.log)."""
 
 from __future__ import annotations
 
 import json
 
-from jobs.replay import LogState, apply_in_phases, expected_state, parse, text_digest
+import pytest
+
+from jobs.indexing.log import LogState, expected_state, parse_embedding, text_digest
+from streamrag.errors import BadRecord
 from streamrag.records import ChunkRecord, EmbeddingRecord
 
 
 def up(doc: str, pos: int, version: int, text: str = "t", model: str = "m") -> EmbeddingRecord:
-    chunk = ChunkRecord(f"{doc}-{pos}", doc, version, "upsert", position=pos, text=text,
-                        content_hash=f"h-{text}")
+    chunk = ChunkRecord(
+        f"{doc}-{pos}", doc, version, "upsert", position=pos, text=text, content_hash=f"h-{text}"
+    )
     return EmbeddingRecord(chunk, model, [float(pos), float(version), 1.0])
 
 
@@ -77,13 +82,24 @@ def test_an_older_trim_read_later_is_ignored():
     assert sorted(expected_state(log)) == ["a-0"]
 
 
-def test_tombstones_and_unreadable_records_are_skipped():
+def test_tombstones_and_unreadable_records_are_skipped_and_counted():
     state = LogState()
-    for value in [None, b"not json", b'{"chunk": {}}', json.dumps({"x": 1}).encode(),
-                  up("a", 0, 1).to_json().encode()]:
-        state.add(parse(value))
-    assert state.records == 5
+    for value in [
+        None,
+        b"not json",
+        b'{"chunk": {}}',
+        json.dumps({"x": 1}).encode(),
+        up("a", 0, 1).to_json().encode(),
+    ]:
+        state.add_value(value)
+    assert (state.records, state.unreadable) == (5, 3)
     assert sorted(state.expected()) == ["a-0"]
+
+
+def test_a_tombstone_is_none_and_an_unreadable_record_an_error():
+    assert parse_embedding(None) is None
+    with pytest.raises(BadRecord, match="not an embedding record"):
+        parse_embedding(b'{"chunk": {}}')
 
 
 def test_model_ids_and_dimension():
@@ -99,29 +115,3 @@ def test_vectors_are_kept_as_float32():
     state = expected_state([up("a", 2, 7)])
     assert state["a-2"].vector.dtype.name == "float32"
     assert state["a-2"].vector.tolist() == [2.0, 7.0, 1.0]
-
-
-class FakeStore:
-    """The version-guarded store rules, in memory, to check apply_in_phases."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, ChunkRecord] = {}
-
-    def upsert(self, records: list[EmbeddingRecord]) -> None:
-        for r in records:
-            old = self.rows.get(r.chunk.chunk_id)
-            if old is None or old.version <= r.chunk.version:
-                self.rows[r.chunk.chunk_id] = r.chunk
-
-    def trim(self, doc_id: str, from_position: int, up_to_version: int) -> None:
-        self.rows = {i: c for i, c in self.rows.items() if not (
-            c.doc_id == doc_id and c.position >= from_position and c.version <= up_to_version)}
-
-
-def test_applying_in_phases_gives_the_expected_state():
-    log = [trim("a", 2, 2), up("a", 0, 1), up("a", 1, 1), up("a", 2, 1), up("a", 0, 2),
-           up("a", 1, 2), up("b", 0, 1), trim("b", 0, 3), up("c", 0, 1), up("c", 0, 1, "re"),
-           up("d", 0, 4), up("d", 1, 4), trim("d", 0, 4)]
-    store = FakeStore()
-    apply_in_phases(store, log)  # type: ignore[arg-type]
-    assert sorted(store.rows) == sorted(expected_state(log))
