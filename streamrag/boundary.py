@@ -83,8 +83,13 @@ class FailureLedger:
 
     def _write(self, path: Path, failure: Failure, stage: str, origin: Origin) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
-        body = {"error": failure.error, "count": failure.count, "last_ms": failure.last_ms,
-                "stage": stage, "origin": [origin.topic, origin.partition, origin.offset]}
+        body = {
+            "error": failure.error,
+            "count": failure.count,
+            "last_ms": failure.last_ms,
+            "stage": stage,
+            "origin": [origin.topic, origin.partition, origin.offset],
+        }
         # Write and rename: a reader never sees half a file.
         fd, tmp = tempfile.mkstemp(dir=self._dir, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -100,8 +105,9 @@ class ErrorBoundary:
         self._ledger = ledger
         self._poison_after = poison_after
 
-    def dead_letter_for(self, error: BaseException, origin: Origin | None, key: str | None,
-                        value: str | None) -> DeadLetter | None:
+    def dead_letter_for(
+        self, error: BaseException, origin: Origin | None, key: str | None, value: str | None
+    ) -> DeadLetter | None:
         """The dead letter for a record that failed with ``error``; None: re-raise it."""
         kind = classify(error)
         if kind == "transient":
@@ -111,15 +117,27 @@ class ErrorBoundary:
                 return None
             failures = self._ledger.count(self.stage, origin, error)
             if failures < self._poison_after:
-                log.warning("%s: record %s failed (%d of %d before it is dead-lettered): %s",
-                            self.stage, origin, failures, self._poison_after, describe(error))
+                log.warning(
+                    "%s: record %s failed (%d of %d before it is dead-lettered): %s",
+                    self.stage,
+                    origin,
+                    failures,
+                    self._poison_after,
+                    describe(error),
+                )
                 return None
             self._ledger.forget(self.stage, origin)
             reason = f"failed {failures} times in a row: {describe(error)}"
         else:
             reason = str(error) if isinstance(error, BadRecord) else describe(error)
-        return DeadLetter(stage=self.stage, reason=reason, error=type(error).__name__,
-                          origin=origin, key=key, value=value)
+        return DeadLetter(
+            stage=self.stage,
+            reason=reason,
+            error=type(error).__name__,
+            origin=origin,
+            key=key,
+            value=value,
+        )
 
 
 def _now_ms() -> int:

@@ -11,14 +11,18 @@ from __future__ import annotations
 import os
 import site
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from pyflink.common import Configuration, Types
 from pyflink.datastream import CheckpointingMode, DataStream, StreamExecutionEnvironment
-from pyflink.table import StreamTableEnvironment, Table
+from pyflink.table import StatementSet, StreamTableEnvironment, Table
 
-from streamrag.config import PROJECT_ROOT, ConfigError, Settings
+from streamrag.config import PROJECT_ROOT, ConfigError, Settings, load_settings
+from streamrag.errors import UserError
 
 # Rows on every Kafka sink: key and value as UTF-8 strings.
 KEYED_ROW = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
@@ -44,7 +48,8 @@ def create_context(settings: Settings, job_name: str) -> FlinkContext:
     os.environ.setdefault("FLINK_LOG_DIR", str(settings.stack.work_dir / "logs" / "flink-local"))
     paths = [str(PROJECT_ROOT), *site.getsitepackages()]
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+        paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     conf = Configuration()
     conf.set_string("pipeline.name", job_name)
     for key, value in restart_strategy(settings.flink.restart_attempts).items():
@@ -122,7 +127,11 @@ def kafka_source(
 
 
 def add_kafka_sink(
-    ctx: FlinkContext, statements: object, settings: Settings, name: str, topic: str,
+    ctx: FlinkContext,
+    statements: StatementSet,
+    settings: Settings,
+    name: str,
+    topic: str,
     stream: DataStream,
 ) -> None:
     """Write a stream of KEYED_ROW rows to ``topic`` (at least once; consumers are
@@ -137,4 +146,35 @@ def add_kafka_sink(
           'key.format' = 'raw', 'key.fields' = 'k',
           'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY'
         )""")
-    statements.add_insert(name, ctx.t_env.from_data_stream(stream))  # type: ignore[attr-defined]
+    statements.add_insert(name, ctx.t_env.from_data_stream(stream))
+
+
+JobBuilder = Callable[[Settings, bool], StreamExecutionEnvironment]
+
+
+def run_job_main(build: JobBuilder, job_name: str, argv: list[str] | None = None) -> None:
+    """Entry point of a job module run by ``flink run -py`` or ``python -m``: options
+    ``--config FILE`` and ``--bounded``; expected failures end with one line."""
+    job = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+    @job.command()
+    def _run(
+        config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config.")] = None,
+        bounded: Annotated[bool, typer.Option(help="Stop at the topics' end.")] = False,
+    ) -> None:
+        build(load_settings(config), bounded).execute(job_name)
+
+    try:
+        job(args=argv, standalone_mode=False)
+    except typer.TyperException as e:  # bad arguments (click's usage errors)
+        typer.echo(f"error: {usage_message(e)}", err=True)
+        sys.exit(2)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+
+
+def usage_message(error: Exception) -> str:
+    """The one-line message of a command-line usage error."""
+    format_message = getattr(error, "format_message", None)
+    return str(format_message() if callable(format_message) else error)

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from tenacity import (
     retry,
     retry_if_exception,
@@ -52,8 +53,12 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     return topics
 
 
-@retry(retry=retry_if_exception_type(KafkaUnavailable), wait=wait_exponential(0.5, max=5),
-       stop=stop_after_delay(30), reraise=True)
+@retry(
+    retry=retry_if_exception_type(KafkaUnavailable),
+    wait=wait_exponential(0.5, max=5),
+    stop=stop_after_delay(30),
+    reraise=True,
+)
 def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics of topic_configs (idempotent); returns the ones created."""
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
@@ -61,9 +66,12 @@ def ensure_topics(settings: Settings) -> list[str]:
         existing = set(admin.list_topics(timeout=5).topics)
     except KafkaException as e:
         raise KafkaUnavailable(f"Kafka at {settings.kafka.bootstrap} is not reachable: {e}") from e
-    new = [NewTopic(name, settings.kafka.partitions, 1, config=config)
-           for name, config in topic_configs(settings).items() if name not in existing]
-    for future in (admin.create_topics(new).values() if new else []):
+    new = [
+        NewTopic(name, settings.kafka.partitions, 1, config=config)
+        for name, config in topic_configs(settings).items()
+        if name not in existing
+    ]
+    for future in admin.create_topics(new).values() if new else []:
         try:
             future.result()
         except KafkaException as e:
@@ -86,17 +94,24 @@ class RecordProducer:
     """A confluent-kafka producer that waits for every record to be acknowledged."""
 
     def __init__(self, settings: Settings) -> None:
-        self._producer = Producer({
-            "bootstrap.servers": settings.kafka.bootstrap, "enable.idempotence": True,
-            "linger.ms": 5, "message.timeout.ms": 60000, "message.max.bytes": DOCUMENT_RECORD_BYTES.value,
-        })
+        self._producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.timeout.ms": 60000,
+                "message.max.bytes": DOCUMENT_RECORD_BYTES.value,
+            }
+        )
         self._errors: list[str] = []
 
-    def send(self, topic: str, key: str | bytes | None, value: str | bytes | None,
-             timestamp_ms: int = 0) -> None:
+    def send(
+        self, topic: str, key: str | bytes | None, value: str | bytes | None, timestamp_ms: int = 0
+    ) -> None:
         """Queue one record; ``timestamp_ms`` 0 lets the client stamp it."""
-        self._producer.produce(topic, key=key, value=value, timestamp=timestamp_ms,
-                               on_delivery=self._delivered)
+        self._producer.produce(
+            topic, key=key, value=value, timestamp=timestamp_ms, on_delivery=self._delivered
+        )
         self._producer.poll(0)
 
     def flush(self, timeout_s: float = 60) -> None:
@@ -112,8 +127,7 @@ class RecordProducer:
 
 # A topic created a moment ago may have no partition leader yet: these pass. (An unknown
 # topic is not among them: ensure_topics waits until its topics exist.)
-_LEADER_ELECTION = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION,
-                              KafkaError.LEADER_NOT_AVAILABLE})
+_LEADER_ELECTION = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
 
 
 def _transient(e: BaseException) -> bool:
@@ -132,17 +146,24 @@ def end_offsets_of(consumer: Consumer, topic: str) -> dict[int, int]:
         raise KafkaUnavailable(f"cannot read the end offsets of {topic}: {e}") from e
 
 
-@retry(retry=retry_if_exception(_transient), wait=wait_exponential(0.2, max=2),
-       stop=stop_after_delay(30), reraise=True)
+@retry(
+    retry=retry_if_exception(_transient),
+    wait=wait_exponential(0.2, max=2),
+    stop=stop_after_delay(30),
+    reraise=True,
+)
 def _end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
     meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-    if meta is None or (meta.error is not None
-                        and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+    if meta is None or (
+        meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+    ):
         raise TopicMissing(f"topic {topic} does not exist")
     if meta.error is not None:
         raise KafkaException(meta.error)
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.partitions}
+    return {
+        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        for p in meta.partitions
+    }
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -154,8 +175,13 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def read_log(settings: Settings, topic: str, start: dict[int, int] | None = None,
-             end: dict[int, int] | None = None, timeout_s: float = 300) -> Iterator[Message]:
+def read_log(
+    settings: Settings,
+    topic: str,
+    start: dict[int, int] | None = None,
+    end: dict[int, int] | None = None,
+    timeout_s: float = 300,
+) -> Iterator[Message]:
     """Every record of ``topic`` from ``start`` (default: the earliest offsets) up to
     ``end`` (default: the end offsets at call time). TopicMissing when the topic does not
     exist; KafkaUnavailable when the log cannot be read to ``end`` within ``timeout_s``."""
@@ -175,25 +201,35 @@ def read_log(settings: Settings, topic: str, start: dict[int, int] | None = None
                 done = consumer.position([TopicPartition(topic, p) for p in todo])
                 todo -= {tp.partition for tp in done if tp.offset >= end[tp.partition]}
                 continue
-            if msg.error():
+            p, offset = msg.partition(), msg.offset()
+            if msg.error() or p is None or offset is None:
                 continue
-            p = msg.partition()
-            if msg.offset() < end[p]:
-                yield Message(topic, p, msg.offset(), msg.key(), msg.value(), msg.timestamp()[1])
-            if msg.offset() + 1 >= end[p]:
+            if offset < end[p]:
+                yield Message(topic, p, offset, msg.key(), msg.value(), msg.timestamp()[1])
+            if offset + 1 >= end[p]:
                 todo.discard(p)
     finally:
         consumer.close()
 
 
 def _consumer(settings: Settings) -> Consumer:
-    return Consumer({"bootstrap.servers": settings.kafka.bootstrap, "enable.auto.commit": False,
-                     "group.id": "streamrag-log-reader", "auto.offset.reset": "earliest",
-                     "isolation.level": "read_committed"})
+    return Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap,
+            "enable.auto.commit": False,
+            "group.id": "streamrag-log-reader",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
 
 
-def send_all(settings: Settings, topic: str, records: Iterable[tuple[str, str | bytes | None]],
-             timestamp_ms: int = 0) -> int:
+def send_all(
+    settings: Settings,
+    topic: str,
+    records: Iterable[tuple[str, str | bytes | None]],
+    timestamp_ms: int = 0,
+) -> int:
     producer = RecordProducer(settings)
     n = 0
     for key, value in records:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 if TYPE_CHECKING:  # torch and sentence-transformers take ~5 s to import: load lazily
     from sentence_transformers import SentenceTransformer
@@ -80,22 +81,21 @@ class ModelTokenizer:
 class Encoder(Protocol):
     """The part of SentenceTransformer that we use."""
 
-    def encode(self, sentences: list[str], **kwargs: Any) -> Sequence[Sequence[float]]: ...
+    def encode(self, inputs: Any, /, *args: Any, **kwargs: Any) -> Any: ...
 
 
 def encode(encoder: Encoder, texts: list[str], batch_size: int = 32) -> list[list[float]]:
     """Unit-length vectors of ``texts`` (cosine = dot product), as plain lists."""
     if not texts:
         return []
-    vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                             convert_to_numpy=True, show_progress_bar=False)
-    return [[float(x) for x in v] for v in vectors]
-
-
-def model_fit_checker(ref: ModelRef) -> tuple[Callable[[str], bool], int]:
-    """``(fits, max_seq_length)`` of the model's own tokenizer (see ModelTokenizer)."""
-    tokenizer = ModelTokenizer(ref)
-    return tokenizer.fits, tokenizer.max_length
+    vectors = encoder.encode(
+        texts,
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+    return [[float(x) for x in v] for v in np.asarray(vectors, dtype=np.float32)]
 
 
 def max_seq_length(path: Path) -> int:
@@ -104,15 +104,18 @@ def max_seq_length(path: Path) -> int:
     (saves before sentence-transformers 6, e.g. the bundled model), else the tokenizer's
     ``model_max_length``, never more than the transformer's position embeddings."""
 
-    def config(name: str) -> dict:
+    def config(name: str) -> dict[str, Any]:
         file = path / name
-        return json.loads(file.read_text()) if file.exists() else {}
+        data = json.loads(file.read_text()) if file.exists() else {}
+        return data if isinstance(data, dict) else {}
 
     explicit = config("sentence_bert_config.json").get("max_seq_length")
     if explicit:
         return int(explicit)
-    limits = [config("tokenizer_config.json").get("model_max_length"),
-              config("config.json").get("max_position_embeddings")]
+    limits = [
+        config("tokenizer_config.json").get("model_max_length"),
+        config("config.json").get("max_position_embeddings"),
+    ]
     known = [int(n) for n in limits if isinstance(n, int | float) and 0 < n < 1e9]
     if not known:
         raise ValueError(f"cannot tell the maximum sequence length of the model at {path}")
@@ -131,8 +134,12 @@ def model_dimension(ref: ModelRef) -> int:
         data = json.loads(config.read_text())
         # Dense: out_features; Pooling: embedding_dimension (sentence-transformers >= 6)
         # or word_embedding_dimension (older saves, e.g. the bundled model).
-        dim = (data.get("out_features") or data.get("embedding_dimension")
-               or data.get("word_embedding_dimension") or dim)
+        dim = (
+            data.get("out_features")
+            or data.get("embedding_dimension")
+            or data.get("word_embedding_dimension")
+            or dim
+        )
     if dim is None:
         raise ValueError(f"cannot tell the embedding dimension of model {ref.model_id}")
     return int(dim)

@@ -137,8 +137,11 @@ class DeadLetter:
     def to_json(self) -> str:
         # Whatever the record held, the dead letter itself must be writable: lone
         # surrogates become \udXXX escapes instead of failing the string coder.
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")) \
-            .encode("utf-8", "backslashreplace").decode("utf-8")
+        return (
+            json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+            .encode("utf-8", "backslashreplace")
+            .decode("utf-8")
+        )
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> DeadLetter:

@@ -33,7 +33,8 @@ class Retriever:
             raise GenerationError(
                 f"the serving index was built with model {ref.model_id!r}, which cannot be"
                 f" loaded here ({type(e).__name__}): set embedding.model to its name or path,"
-                " or serve another generation") from None
+                " or serve another generation"
+            ) from None
         self._model = model
         self.model_id = ref.model_id  # the model that embeds the queries: the serving one's
         self._store = open_store(settings.store)
@@ -64,5 +65,7 @@ def format_hit(rank: int, hit: SearchHit, width: int = 160) -> str:
     c = hit.chunk
     text = " ".join(c.text.split())
     text = text if len(text) <= width else text[: width - 1] + "…"
-    return (f"{rank:>2}. score={hit.score:.3f}  doc={c.doc_id}  chunk#{c.position} "
-            f"chars[{c.start}:{c.end}]  v{c.version}\n    {text}")
+    return (
+        f"{rank:>2}. score={hit.score:.3f}  doc={c.doc_id}  chunk#{c.position} "
+        f"chars[{c.start}:{c.end}]  v{c.version}\n    {text}"
+    )

@@ -30,6 +30,7 @@ Versions (DESIGN.md invariant 2) must grow with every change of a row:
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from jobs.chunking.documents import decode_utf8, load_json
@@ -44,7 +45,10 @@ _UPSERT_OPS = frozenset({"r", "c", "u"})
 
 
 def parse_cdc_record(
-    key: bytes | None, value: bytes | None, origin: Origin, timestamp_ms: int,
+    key: bytes | None,
+    value: bytes | None,
+    origin: Origin,
+    timestamp_ms: int,
     table: CdcTableConfig,
 ) -> DocumentEvent | None:
     """The DocumentEvent of one Debezium record; None for heartbeats and tombstones.
@@ -63,17 +67,28 @@ def parse_cdc_record(
         raise BadRecord(f"unsupported Debezium op {op!r} (expected r, c, u or d)")
     source = _source(envelope)
     doc_id = _doc_id(source, _key_row(key, envelope, op), table)
-    version = SNAPSHOT_VERSION if op == "r" else source["lsn"]
-    common = dict(doc_id=doc_id, version=version, source=f"{source['schema']}.{source['table']}",
-                  origin=origin, source_ts_ms=_commit_ms(source, envelope, timestamp_ms))
+    version = SNAPSHOT_VERSION if op == "r" else int(source["lsn"])
+    event = DocumentEvent(
+        doc_id=doc_id,
+        version=version,
+        deleted=op == "d",
+        source=f"{source['schema']}.{source['table']}",
+        origin=origin,
+        source_ts_ms=_commit_ms(source, envelope, timestamp_ms),
+    )
     if op == "d":
-        return DocumentEvent(deleted=True, **common)
+        return event
     after = _row(envelope, "after")
-    before = envelope.get("before") if isinstance(envelope.get("before"), dict) else {}
-    row = {name: _resolve(name, after, before) for name in _used_columns(table) if name in after}
-    return DocumentEvent(text=_text(row, table), title=_title(row, table),
-                         content_type=table.content_type, metadata=_metadata(row, table),
-                         **common)
+    before = envelope.get("before")
+    old: dict[str, Any] = before if isinstance(before, dict) else {}
+    row = {name: _resolve(name, after, old) for name in _used_columns(table) if name in after}
+    return replace(
+        event,
+        text=_text(row, table),
+        title=_title(row, table),
+        content_type=table.content_type,
+        metadata=_metadata(row, table),
+    )
 
 
 def _envelope(value: bytes) -> dict[str, Any]:
@@ -149,13 +164,14 @@ def _resolve(name: str, after: dict[str, Any], before: dict[str, Any]) -> Any:
     if old is None or _unavailable(old):
         raise BadRecord(
             f"column {name!r} is an unchanged TOASTed value that Debezium did not send; "
-            "set REPLICA IDENTITY FULL on the table so 'before' carries it")
+            "set REPLICA IDENTITY FULL on the table so 'before' carries it"
+        )
     return old
 
 
 def _unavailable(value: Any) -> bool:
     # Whole-value match: an article *about* Debezium may quote the placeholder.
-    return value == UNAVAILABLE or value == [UNAVAILABLE]
+    return bool(value == UNAVAILABLE or value == [UNAVAILABLE])
 
 
 def _text(row: dict[str, Any], table: CdcTableConfig) -> str:

@@ -16,18 +16,49 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from bs4 import BeautifulSoup, NavigableString, PageElement, Tag
+from bs4 import BeautifulSoup
+from bs4.element import NavigableString, PageElement, Tag
 from markdown_it import MarkdownIt
 
 from streamrag.limits import HTML_DEPTH, MARKDOWN_NESTING, exceeded
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
-_BLOCK_TAGS = frozenset({
-    "p", "div", "section", "article", "header", "footer", "aside", "nav", "main", "blockquote",
-    "pre", "ul", "ol", "li", "dl", "dt", "dd", "table", "thead", "tbody", "tfoot", "tr",
-    "caption", "figure", "figcaption", "form", "fieldset", "details", "summary", "address",
-    "hr", "br",
-})
+_BLOCK_TAGS = frozenset(
+    {
+        "p",
+        "div",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "aside",
+        "nav",
+        "main",
+        "blockquote",
+        "pre",
+        "ul",
+        "ol",
+        "li",
+        "dl",
+        "dt",
+        "dd",
+        "table",
+        "thead",
+        "tbody",
+        "tfoot",
+        "tr",
+        "caption",
+        "figure",
+        "figcaption",
+        "form",
+        "fieldset",
+        "details",
+        "summary",
+        "address",
+        "hr",
+        "br",
+    }
+)
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 _CELL_TAGS = frozenset({"td", "th"})
 _DROP_TAGS = ("script", "style", "noscript", "template", "head", "svg")
@@ -92,17 +123,23 @@ def _after(node: PageElement) -> str:
 
 def _text_of(tag: Tag) -> str:
     """The plain text inside ``tag``, without scripts, styles and the like."""
-    return "".join(str(s) for s in tag.descendants if type(s) is NavigableString
-                   and not any(p.name in _DROP_TAGS for p in s.parents if p is not tag))
+    return "".join(
+        str(s)
+        for s in tag.descendants
+        if type(s) is NavigableString
+        and not any(p.name in _DROP_TAGS for p in s.parents if p is not tag)
+    )
 
 
 def normalize(text: str) -> str:
     """NFKC, no zero-width or control characters, tidy whitespace, blank-line blocks."""
     text = unicodedata.normalize("NFKC", text.replace("\r\n", "\n").replace("\r", "\n"))
     text = text.translate(_ZERO_WIDTH)
-    text = "".join(
-        ch if ch == "\n" or unicodedata.category(ch) != "Cc" else " " for ch in text
-    ) if _has_control(text) else text
+    text = (
+        "".join(ch if ch == "\n" or unicodedata.category(ch) != "Cc" else " " for ch in text)
+        if _has_control(text)
+        else text
+    )
     text = _SPACES.sub(" ", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     return _MANY_NEWLINES.sub("\n\n", text).strip()

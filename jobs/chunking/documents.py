@@ -41,8 +41,12 @@ def parse_document_record(
         if not key_text:
             raise BadRecord("tombstone without a key: no document to delete")
         return DocumentEvent(
-            doc_id=key_text, version=timestamp_ms, source=origin.topic, origin=origin,
-            deleted=True, source_ts_ms=timestamp_ms,
+            doc_id=key_text,
+            version=timestamp_ms,
+            source=origin.topic,
+            origin=origin,
+            deleted=True,
+            source_ts_ms=timestamp_ms,
         )
     data = load_json(decode_utf8(value, "value") or "")
     if not isinstance(data, dict):
@@ -85,8 +89,15 @@ def _event_from_object(data: dict[str, Any], origin: Origin, timestamp_ms: int) 
         if not text.strip():
             raise BadRecord("field 'text' is empty or whitespace only")
     return DocumentEvent(
-        doc_id=doc_id, version=version, source=origin.topic, origin=origin, text=text,
-        deleted=deleted, title=title, content_type=content_type, metadata=metadata,
+        doc_id=doc_id,
+        version=version,
+        source=origin.topic,
+        origin=origin,
+        text=text,
+        deleted=deleted,
+        title=title,
+        content_type=content_type,
+        metadata=metadata,
         source_ts_ms=timestamp_ms,
     )
 

@@ -19,7 +19,10 @@ from streamrag.records import DocumentEvent, Origin
 
 
 def normalize_record(
-    key: bytes | None, value: bytes | None, origin: Origin, timestamp_ms: int,
+    key: bytes | None,
+    value: bytes | None,
+    origin: Origin,
+    timestamp_ms: int,
     tables: Mapping[str, CdcTableConfig],
 ) -> DocumentEvent | None:
     """The checked DocumentEvent of one source record; None for records that carry no

@@ -52,17 +52,18 @@ class DocState:
     origin: tuple[str, int, int] | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"v": self.version, "d": self.deleted, "f": self.fingerprints,
-                           "o": self.origin})
+        return json.dumps(
+            {"v": self.version, "d": self.deleted, "f": self.fingerprints, "o": self.origin}
+        )
 
     @classmethod
     def from_json(cls, raw: str | None) -> DocState | None:
         if not raw:
             return None
         data = json.loads(raw)
-        origin = tuple(data["o"]) if data.get("o") else None
-        return cls(version=data["v"], deleted=data["d"], fingerprints=data["f"],
-                   origin=origin)  # type: ignore[arg-type]
+        o = data.get("o")
+        origin = (str(o[0]), int(o[1]), int(o[2])) if o else None
+        return cls(version=data["v"], deleted=data["d"], fingerprints=data["f"], origin=origin)
 
 
 def is_stale(state: DocState | None, event: DocumentEvent) -> bool:
@@ -85,17 +86,16 @@ class ChunkPlan:
     stale: bool = False
 
 
-def plan_document(
-    state: DocState | None, event: DocumentEvent, spans: list[Span]
-) -> ChunkPlan:
+def plan_document(state: DocState | None, event: DocumentEvent, spans: list[Span]) -> ChunkPlan:
     """Records that bring the index from ``state`` to ``event`` (spans of its clean text)."""
     if is_stale(state, event):
         return ChunkPlan(state=state, records=[], stale=True)
     old = [] if state is None else state.fingerprints
     origin = (event.origin.topic, event.origin.partition, event.origin.offset)
     if event.deleted:
-        return ChunkPlan(DocState(event.version, deleted=True, origin=origin),
-                         [_trim_marker(event, 0)])
+        return ChunkPlan(
+            DocState(event.version, deleted=True, origin=origin), [_trim_marker(event, 0)]
+        )
 
     upserts: list[ChunkRecord] = []
     fingerprints: list[str] = []
@@ -143,6 +143,9 @@ def _trim_marker(event: DocumentEvent, position: int) -> ChunkRecord:
 
 def _fingerprint(record: ChunkRecord) -> str:
     """Changes when anything stored for the chunk changes, except the version."""
-    meta = json.dumps([record.start, record.end, record.title, record.metadata, record.source],
-                      sort_keys=True, default=str)
+    meta = json.dumps(
+        [record.start, record.end, record.title, record.metadata, record.source],
+        sort_keys=True,
+        default=str,
+    )
     return content_hash(record.content_hash + meta)[:16]

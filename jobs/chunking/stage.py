@@ -14,10 +14,10 @@ from collections.abc import Callable
 from jobs.chunking.chunker import Chunker, Span, get_encoding
 from jobs.chunking.cleaning import clean
 from jobs.chunking.planner import ChunkPlan, DocState, is_stale, plan_document
-from streamrag.models import ModelRef, ModelTokenizer
 from streamrag.config import ChunkingConfig
 from streamrag.errors import BadRecord
 from streamrag.limits import CHUNK_TEXT_BYTES, exceeded, utf8_size
+from streamrag.models import ModelRef, ModelTokenizer
 from streamrag.records import DocumentEvent
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,9 @@ class ChunkStage:
         if model_max_tokens is not None and max_tokens > model_max_tokens:
             log.warning(
                 "chunking.max_tokens=%d exceeds the model's %d tokens: clamped to %d",
-                max_tokens, model_max_tokens, model_max_tokens,
+                max_tokens,
+                model_max_tokens,
+                model_max_tokens,
             )
             max_tokens = model_max_tokens
         self.max_document_chars = config.max_document_chars
@@ -56,8 +58,9 @@ class ChunkStage:
         tiktoken tokens are rarely smaller than word pieces, so the budget is clamped to
         the model's length less its special tokens."""
         tokenizer = ModelTokenizer(model)
-        return cls(config, tokenizer.fits, tokenizer.max_length - SPECIAL_TOKENS,
-                   tokenizer.unknown_share)
+        return cls(
+            config, tokenizer.fits, tokenizer.max_length - SPECIAL_TOKENS, tokenizer.unknown_share
+        )
 
     def spans(self, event: DocumentEvent) -> list[Span]:
         """The chunks of the event's cleaned text that are worth indexing."""
@@ -77,7 +80,8 @@ class ChunkStage:
             raise BadRecord(
                 f"document has no indexable text: its {len(spans)} chunks are (almost) only"
                 " word pieces the model does not know (chunking.max_unknown_share="
-                f"{self.max_unknown_share})")
+                f"{self.max_unknown_share})"
+            )
         for span in kept:
             size = utf8_size(span.text, "chunk text")
             if size > CHUNK_TEXT_BYTES.value:  # the token budget keeps chunks far smaller

@@ -16,8 +16,9 @@ from streamrag.records import ChunkRecord, EmbeddingRecord
 
 
 class Embedder:
-    def __init__(self, encoder: Encoder, model_id: str, batch_size: int = 32,
-                 cache_entries: int = 50_000) -> None:
+    def __init__(
+        self, encoder: Encoder, model_id: str, batch_size: int = 32, cache_entries: int = 50_000
+    ) -> None:
         self._encoder = encoder
         self.model_id = model_id
         self._batch_size = batch_size
@@ -26,16 +27,23 @@ class Embedder:
         self.embedded = 0
         self.reused = 0
 
-    def embed(self, chunks: Sequence[ChunkRecord],
-              known: Mapping[str, list[float]] | None = None) -> list[EmbeddingRecord]:
+    def embed(
+        self, chunks: Sequence[ChunkRecord], known: Mapping[str, list[float]] | None = None
+    ) -> list[EmbeddingRecord]:
         """EmbeddingRecords for ``chunks``, in the same order; ``known`` maps content
         hashes to vectors of this model."""
         if known:
             self._remember(dict(known))
-        missing = sorted({c.content_hash: c.text for c in chunks
-                          if c.op == "upsert" and c.content_hash not in self._cache}.items())
-        fresh = dict(zip([h for h, _ in missing], self._encode([t for _, t in missing]),
-                         strict=True))
+        missing = sorted(
+            {
+                c.content_hash: c.text
+                for c in chunks
+                if c.op == "upsert" and c.content_hash not in self._cache
+            }.items()
+        )
+        fresh = dict(
+            zip([h for h, _ in missing], self._encode([t for _, t in missing]), strict=True)
+        )
         out = []
         for chunk in chunks:
             if chunk.op != "upsert":

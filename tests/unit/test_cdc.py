@@ -20,23 +20,50 @@ from streamrag.config import CdcTableConfig, load_settings
 from streamrag.errors import BadRecord
 from streamrag.records import Origin
 
-ARTICLES = CdcTableConfig(id_columns=["id"], text_columns=["title", "body"],
-                          title_column="title", metadata_columns=["tags"],
-                          tenant_column="tenant", content_type="markdown")
-FAQ = CdcTableConfig(id_columns=["tenant", "slug"], text_columns=["question", "answer"],
-                     title_column="question", tenant_column="tenant")
+ARTICLES = CdcTableConfig(
+    id_columns=["id"],
+    text_columns=["title", "body"],
+    title_column="title",
+    metadata_columns=["tags"],
+    tenant_column="tenant",
+    content_type="markdown",
+)
+FAQ = CdcTableConfig(
+    id_columns=["tenant", "slug"],
+    text_columns=["question", "answer"],
+    title_column="question",
+    tenant_column="tenant",
+)
 TOPIC = "cdc.kb.articles"
 
 
 def article(id_=7, title="Compaction", body="Kafka keeps the latest record.", **extra):
-    return {"id": id_, "tenant": "acme", "title": title, "body": body, "tags": ["kafka"],
-            "updated_at": "2026-01-02T03:04:05Z", **extra}
+    return {
+        "id": id_,
+        "tenant": "acme",
+        "title": title,
+        "body": body,
+        "tags": ["kafka"],
+        "updated_at": "2026-01-02T03:04:05Z",
+        **extra,
+    }
 
 
 def envelope(op, after=None, before=None, lsn=1000, table="articles", **source):
-    return {"before": before, "after": after, "op": op, "ts_ms": 1_700_000_000_999,
-            "source": {"schema": "kb", "table": table, "lsn": lsn, "ts_ms": 1_700_000_000_000,
-                       "sequence": json.dumps([None, str(lsn)]), **source}}
+    return {
+        "before": before,
+        "after": after,
+        "op": op,
+        "ts_ms": 1_700_000_000_999,
+        "source": {
+            "schema": "kb",
+            "table": table,
+            "lsn": lsn,
+            "ts_ms": 1_700_000_000_000,
+            "sequence": json.dumps([None, str(lsn)]),
+            **source,
+        },
+    }
 
 
 def parse(value, key=b'{"id":7}', table=ARTICLES, topic=TOPIC, offset=0):
@@ -85,11 +112,16 @@ def test_a_transaction_straddling_the_snapshot_still_beats_the_snapshot_row():
 
 
 def test_delete_with_key_only_before_is_a_deletion():
-    event = parse(envelope("d", before={"id": 7, "tenant": None, "title": None, "body": None},
-                           lsn=2000))
+    event = parse(
+        envelope("d", before={"id": 7, "tenant": None, "title": None, "body": None}, lsn=2000)
+    )
 
     assert (event.doc_id, event.deleted, event.version, event.text) == (
-        "kb.articles:7", True, 2000, None)
+        "kb.articles:7",
+        True,
+        2000,
+        None,
+    )
 
 
 def test_delete_without_before_takes_the_id_from_the_key():
@@ -155,23 +187,28 @@ def test_text_that_quotes_the_placeholder_is_real_text():
 
 
 def test_heartbeat_topic_is_skipped():
-    assert parse(b'{"ts_ms": 1}', key=b'{"serverName":"cdc"}',
-                 topic="__debezium-heartbeat.cdc") is None
+    assert (
+        parse(b'{"ts_ms": 1}', key=b'{"serverName":"cdc"}', topic="__debezium-heartbeat.cdc")
+        is None
+    )
 
 
-@pytest.mark.parametrize("value, reason", [
-    (b'{"ts_ms": 1700000000000}', "no 'op'"),
-    (b"not json", "not valid JSON"),
-    (b"\xff\xfe", "not valid UTF-8"),
-    (b"[1, 2]", "JSON object"),
-    (envelope("t", after=None), "unsupported Debezium op 't'"),
-    (envelope("c", after=None), "'after'"),
-    (envelope("c", after=article(), lsn=None), "source.lsn"),
-    (envelope("c", after=article(), lsn="0/16B3748"), "source.lsn"),
-    ({"op": "c", "after": article()}, "'source'"),
-    (envelope("c", after=article(id_=None)), "key column 'id'"),
-    (envelope("c", after=article(body=42)), "text column 'body' must be a string"),
-])
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (b'{"ts_ms": 1700000000000}', "no 'op'"),
+        (b"not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid UTF-8"),
+        (b"[1, 2]", "JSON object"),
+        (envelope("t", after=None), "unsupported Debezium op 't'"),
+        (envelope("c", after=None), "'after'"),
+        (envelope("c", after=article(), lsn=None), "source.lsn"),
+        (envelope("c", after=article(), lsn="0/16B3748"), "source.lsn"),
+        ({"op": "c", "after": article()}, "'source'"),
+        (envelope("c", after=article(id_=None)), "key column 'id'"),
+        (envelope("c", after=article(body=42)), "text column 'body' must be a string"),
+    ],
+)
 def test_garbage_is_a_bad_record_with_a_reason(value, reason):
     assert reason in bad(value)
 
@@ -203,32 +240,43 @@ def test_connector_file_uses_the_file_provider_and_fills_placeholders(monkeypatc
 
     assert name == "streamrag-postgres"
     assert config["database.password"] == (
-        "${file:/run/secrets/pg/connect-postgres.properties:password}")
+        "${file:/run/secrets/pg/connect-postgres.properties:password}"
+    )
     assert config["database.port"].isdigit()
     assert (config["slot.name"], config["publication.name"], config["topic.prefix"]) == (
-        "streamrag_slot", "streamrag_pub", "cdc")
+        "streamrag_slot",
+        "streamrag_pub",
+        "cdc",
+    )
     assert config["publication.autocreate.mode"] == "disabled"
 
 
 def test_validation_message_becomes_one_line():
-    message = ("Connector configuration is invalid and contains the following 2 error(s):\n"
-               "The 'database.user' value is invalid: A value is required\n"
-               "Error while validating connector config: FATAL: password authentication failed\n"
-               "You can also find the above list of errors at the endpoint `/validate`")
+    message = (
+        "Connector configuration is invalid and contains the following 2 error(s):\n"
+        "The 'database.user' value is invalid: A value is required\n"
+        "Error while validating connector config: FATAL: password authentication failed\n"
+        "You can also find the above list of errors at the endpoint `/validate`"
+    )
 
     assert _validation(message) == (
         "The 'database.user' value is invalid: A value is required; "
-        "Error while validating connector config: FATAL: password authentication failed")
+        "Error while validating connector config: FATAL: password authentication failed"
+    )
 
 
 def test_java_trace_becomes_exception_and_root_cause():
-    trace = ("org.apache.kafka.connect.errors.ConnectException: An exception occurred\n"
-             "\tat io.debezium.Foo.bar(Foo.java:1)\n"
-             "Caused by: org.postgresql.util.PSQLException: ERROR: publication missing\n"
-             "\tat org.postgresql.Baz.q(Baz.java:2)\n")
+    trace = (
+        "org.apache.kafka.connect.errors.ConnectException: An exception occurred\n"
+        "\tat io.debezium.Foo.bar(Foo.java:1)\n"
+        "Caused by: org.postgresql.util.PSQLException: ERROR: publication missing\n"
+        "\tat org.postgresql.Baz.q(Baz.java:2)\n"
+    )
 
-    assert _trace(trace) == ("ConnectException: An exception occurred "
-                             "(caused by PSQLException: ERROR: publication missing)")
+    assert _trace(trace) == (
+        "ConnectException: An exception occurred "
+        "(caused by PSQLException: ERROR: publication missing)"
+    )
 
 
 def test_unreachable_connect_is_one_clear_line():

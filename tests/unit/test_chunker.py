@@ -9,9 +9,9 @@ import pytest
 
 from jobs.chunking.chunker import Chunker, get_encoding
 from jobs.chunking.stage import ChunkStage
-from jobs.embedding.model import model_fit_checker, resolve_model
 from streamrag.config import ChunkingConfig
 from streamrag.errors import BadRecord
+from streamrag.models import ModelTokenizer, resolve_model
 from streamrag.records import DocumentEvent, Origin
 
 ENC = get_encoding("cl100k_base")
@@ -73,8 +73,9 @@ def test_chunks_have_no_surrounding_whitespace():
 
 def test_a_heading_always_starts_a_new_chunk():
     text = "# One\n\nShort text.\n\n## Two\n\nMore text.\n\n# Three\n\nEnd."
-    heading_starts = [i for i in range(len(text)) if text.startswith("#", i)
-                      and (i == 0 or text[i - 1] == "\n")]
+    heading_starts = [
+        i for i in range(len(text)) if text.startswith("#", i) and (i == 0 or text[i - 1] == "\n")
+    ]
 
     spans = Chunker(ENC, max_tokens=500).split(text)  # all of it would fit in one chunk
 
@@ -129,8 +130,25 @@ def random_text(seed: int, pieces: list[str]) -> str:
 
 
 EMOJI_AND_CJK = ["🚀", "✅", "😀", "🎉", "日本語", "テキスト", "word", "ok", ".", " "]
-IDENTIFIERS = ["Kafka", "Stream", "Config", "Factory", "Impl", "_", ".", "/", "=", "0", "42",
-               "x", "?", "&", "https://", "-", " "]
+IDENTIFIERS = [
+    "Kafka",
+    "Stream",
+    "Config",
+    "Factory",
+    "Impl",
+    "_",
+    ".",
+    "/",
+    "=",
+    "0",
+    "42",
+    "x",
+    "?",
+    "&",
+    "https://",
+    "-",
+    " ",
+]
 
 
 @pytest.mark.parametrize(
@@ -160,7 +178,8 @@ def test_a_heading_is_not_left_alone_when_its_section_is_long():
 
 
 def test_dense_technical_text_fits_the_bundled_models_word_pieces():
-    fits, model_max = model_fit_checker(resolve_model("bundled"))
+    tokenizer = ModelTokenizer(resolve_model("bundled"))
+    fits, model_max = tokenizer.fits, tokenizer.max_length
     lines = [
         f"kafka.broker.{i}: log.cleaner.dedupe.buffer.size=0x"
         f"{hashlib.md5(str(i).encode()).hexdigest()[:12]} offset={i * 7919} lsn=0/{i * 104729:X}"

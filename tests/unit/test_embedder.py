@@ -10,11 +10,12 @@ import pytest
 
 from jobs.chunking.planner import chunk_id, content_hash, trim_key
 from jobs.embedding.embedder import Embedder
-from jobs.embedding.model import (
+from streamrag.models import (
     ModelRef,
+    ModelTokenizer,
+    encode,
     max_seq_length,
     model_dimension,
-    model_fit_checker,
     resolve_model,
 )
 from streamrag.records import ChunkRecord, EmbeddingRecord
@@ -36,13 +37,19 @@ class FakeEncoder:
 
 
 def chunk(text: str, position: int = 0, doc: str = "d") -> ChunkRecord:
-    return ChunkRecord(chunk_id=chunk_id(doc, position), doc_id=doc, version=1, op="upsert",
-                       position=position, text=text, content_hash=content_hash(text))
+    return ChunkRecord(
+        chunk_id=chunk_id(doc, position),
+        doc_id=doc,
+        version=1,
+        op="upsert",
+        position=position,
+        text=text,
+        content_hash=content_hash(text),
+    )
 
 
 def trim(doc: str = "d", position: int = 0) -> ChunkRecord:
-    return ChunkRecord(chunk_id=trim_key(doc), doc_id=doc, version=2, op="trim",
-                       position=position)
+    return ChunkRecord(chunk_id=trim_key(doc), doc_id=doc, version=2, op="trim", position=position)
 
 
 @pytest.fixture
@@ -143,8 +150,8 @@ def test_empty_batch_does_not_call_the_model(encoder):
     assert encoder.calls == []
 
 
-def test_embed_query_encodes_one_text(encoder):
-    assert Embedder(encoder, MODEL).embed_query("aa?") == [3.0, 2.0]
+def test_encode_gives_one_vector_per_text(encoder):
+    assert encode(encoder, ["aa?"]) == [[3.0, 2.0]]
     assert encoder.calls == [["aa?"]]
 
 
@@ -159,7 +166,8 @@ def test_embedding_record_round_trips_through_json(encoder):
 
 def test_bundled_model_has_384_dimensions_and_256_word_pieces():
     ref = resolve_model("bundled")
-    fits, max_len = model_fit_checker(ref)
+    tokenizer = ModelTokenizer(ref)
+    fits, max_len = tokenizer.fits, tokenizer.max_length
 
     assert ref.model_id == "sentence-transformers/all-MiniLM-L6-v2"
     assert model_dimension(ref) == 384
@@ -183,11 +191,18 @@ def test_dimension_of_models_saved_by_old_and_new_sentence_transformers(tmp_path
     old, new, dense = (tmp_path / n for n in ("old", "new", "dense"))
     for d in (old, new, dense):
         d.mkdir()
-    assert model_dimension(saved_model(old, {"1_Pooling": {"word_embedding_dimension": 384}})
-                           ) == 384
+    assert (
+        model_dimension(saved_model(old, {"1_Pooling": {"word_embedding_dimension": 384}})) == 384
+    )
     assert model_dimension(saved_model(new, {"1_Pooling": {"embedding_dimension": 768}})) == 768
-    assert model_dimension(saved_model(dense, {"1_Pooling": {"embedding_dimension": 384},
-                                               "2_Dense": {"out_features": 128}})) == 128
+    assert (
+        model_dimension(
+            saved_model(
+                dense, {"1_Pooling": {"embedding_dimension": 384}, "2_Dense": {"out_features": 128}}
+            )
+        )
+        == 128
+    )
 
 
 def test_max_seq_length_of_old_and_new_saves(tmp_path: Path):
@@ -206,7 +221,8 @@ def test_max_seq_length_of_old_and_new_saves(tmp_path: Path):
 
 
 def test_fit_checker_counts_special_tokens():
-    fits, max_len = model_fit_checker(resolve_model("bundled"))
+    tokenizer = ModelTokenizer(resolve_model("bundled"))
+    fits, max_len = tokenizer.fits, tokenizer.max_length
 
     assert fits("a " * (max_len - 2))  # [CLS] + 254 pieces + [SEP] = 256
     assert not fits("a " * (max_len - 1))
