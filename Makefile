@@ -1,7 +1,7 @@
 # streamrag: the two commands are `make demo` and `make test` (see README.md).
 # Everything is installed by these targets on a fresh machine: the Python venv from
 # pyproject.toml (PyPI), the JVM jars from pom.xml (Maven Central). Every version is pinned
-# in pyproject.toml; `python -m streamrag.versions maven` hands the JVM pins to Maven.
+# in pyproject.toml; `python -m streamrag.local.versions maven` hands the JVM pins to Maven.
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -28,7 +28,7 @@ $(JARS)/.resolved: pom.xml pyproject.toml
 	@command -v mvn >/dev/null || { echo "error: mvn (Maven) not found"; exit 1; }
 	@command -v java >/dev/null || { echo "error: java (17+) not found"; exit 1; }
 	rm -rf $(JARS)/kafka $(JARS)/debezium $(JARS)/flink
-	versions="$$($(PYTHON) -m streamrag.versions maven)" || exit 1; \
+	versions="$$($(PYTHON) -m streamrag.local.versions maven)" || exit 1; \
 	for profile in kafka debezium flink; do \
 	  mvn -q -B -P $$profile $$versions dependency:copy-dependencies || exit 1; \
 	done
@@ -55,8 +55,11 @@ test-unit: install
 bench: stack-up
 	$(PY) -m bench.run
 
-lint: install
+# ruff (lint and format) over everything; mypy --strict over the package, jobs and connect.
+lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check streamrag jobs connect tests bench
+	$(VENV)/bin/ruff format --check streamrag jobs connect tests bench
+	$(VENV)/bin/mypy
 
 clean: stack-down
 	rm -rf .work

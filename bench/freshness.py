@@ -26,8 +26,8 @@ from connect.registry import ConnectRegistry, connect_url, load_connector_file
 from jobs.chunking.planner import chunk_id
 from streamrag import generations
 from streamrag.config import PROJECT_ROOT, CdcConfig, Settings, isolated_env, load_settings
+from streamrag.local.stack import postgres_dsn
 from streamrag.migrate import drop_replication_slot
-from streamrag.stack import postgres_dsn
 from streamrag.stores import open_store
 from streamrag.stores.base import StoreError
 
@@ -37,8 +37,10 @@ CLI = str(Path(sys.executable).with_name("streamrag"))
 
 
 def body(i: int, round_: int) -> str:
-    return (f"Article {i}, revision {round_}: the index must show this revision soon after "
-            f"the commit, because readers of article {i} expect fresh answers.")
+    return (
+        f"Article {i}, revision {round_}: the index must show this revision soon after "
+        f"the commit, because readers of article {i} expect fresh answers."
+    )
 
 
 def wait_for(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -66,42 +68,66 @@ def freshness_figures() -> dict[str, float]:
     # overridden cdc.tables for its own isolated run (bench/run.py sets none).
     sample = CdcConfig().tables["cdc.kb.articles"]
     tables = {f"{prefix}.{schema}.articles": sample.model_dump()}
-    env = {**os.environ, **isolated_env(
-        f"fresh{tag}", CDC__TABLES=json.dumps(tables), FLINK__BUNDLE_TIME_MS="20",
-        FLINK__BUNDLE_SIZE="10")}
+    env = {
+        **os.environ,
+        **isolated_env(
+            f"fresh{tag}",
+            CDC__TABLES=json.dumps(tables),
+            FLINK__BUNDLE_TIME_MS="20",
+            FLINK__BUNDLE_SIZE="10",
+        ),
+    }
     os.environ.update(env)
     settings = load_settings()
 
     _, config = load_connector_file(CONNECTOR_FILE, settings)
     name = f"streamrag-fresh-{tag}"
-    config.update({"slot.name": f"slot_{tag}", "publication.name": f"pub_{tag}",
-                   "topic.prefix": prefix, "table.include.list": f"{schema}.articles",
-                   "poll.interval.ms": "20"})
+    config.update(
+        {
+            "slot.name": f"slot_{tag}",
+            "publication.name": f"pub_{tag}",
+            "topic.prefix": prefix,
+            "table.include.list": f"{schema}.articles",
+            "poll.interval.ms": "20",
+        }
+    )
     registry = ConnectRegistry(connect_url(settings))
     conn = psycopg.connect(dsn, autocommit=True)
     job = None
     try:
         registry.apply(name, config)
         registry.wait_running(name, 60)
-        job = subprocess.Popen([CLI, "run"], env=env, cwd=PROJECT_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        job = subprocess.Popen(
+            [CLI, "run"],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         with conn.cursor() as cur:
             cur.executemany(
                 f"INSERT INTO {schema}.articles (id, tenant, title, body)"
                 " VALUES (%s, 'acme', %s, %s)",
-                [(i, f"Article {i}", body(i, 0)) for i in range(ROWS)])
+                [(i, f"Article {i}", body(i, 0)) for i in range(ROWS)],
+            )
         store = open_store(settings.store)
         ids = [chunk_id(f"{schema}.articles:{i}", 0) for i in range(ROWS)]
-        wait_for(lambda: _safe_count(settings, store, ids) == ROWS, 300,
-                 "the warm-up rows to be indexed")
+        wait_for(
+            lambda: _safe_count(settings, store, ids) == ROWS, 300, "the warm-up rows to be indexed"
+        )
 
         for i in range(ROWS):
             start = time.monotonic()
-            conn.execute(f"UPDATE {schema}.articles SET body = %s, updated_at = now() "
-                         f"WHERE id = %s", (body(i, 1), i))
+            conn.execute(
+                f"UPDATE {schema}.articles SET body = %s, updated_at = now() WHERE id = %s",
+                (body(i, 1), i),
+            )
             time.sleep(max(0.0, 1 / RATE - (time.monotonic() - start)))
-        wait_for(lambda: all("revision 1" in c.text for c in store.get(ids)), 120,
-                 "the updates to be indexed")
+        wait_for(
+            lambda: all("revision 1" in c.text for c in store.get(ids)),
+            120,
+            "the updates to be indexed",
+        )
         latencies = [c.indexed_at_ms - c.source_ts_ms for c in store.get(ids)]
         store.drop()
         store.close()
@@ -114,9 +140,11 @@ def freshness_figures() -> dict[str, float]:
         conn.execute(f"DROP PUBLICATION IF EXISTS pub_{tag}")
         conn.close()
         drop_replication_slot(dsn, f"slot_{tag}")
-    return {"freshness_p50_ms": round(percentile(latencies, 0.5)),
-            "freshness_p99_ms": round(percentile(latencies, 0.99)),
-            "freshness_updates": len(latencies)}
+    return {
+        "freshness_p50_ms": round(percentile(latencies, 0.5)),
+        "freshness_p99_ms": round(percentile(latencies, 0.99)),
+        "freshness_updates": len(latencies),
+    }
 
 
 def _safe_count(settings: Settings, store, ids: list[str]) -> int:  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 """`make bench` replay figure: re-materialize the bench index from its embeddings topic.
 
 ``replay_figures(settings, env)`` is called by bench/run.py after its ingest run, with the
-bench's settings (its topics and collection). It runs the replay job (jobs/replay.py,
+bench's settings (its topics and collection). It runs the replay job (jobs/replay/job.py,
 bounded, parallelism 1, no model calls) from the embeddings topic into a scratch
 collection/table next to the bench index, verifies it against the log, drops it and
 returns the rates: ``replay_chunks_per_s`` over the whole job's wall time (JVM and Python
@@ -17,27 +17,30 @@ from streamrag.config import Settings
 
 
 def replay_figures(settings: Settings, env: dict[str, str]) -> dict[str, float | int]:
-    from jobs.replay import LogState, end_offsets, parse, read_log, verify
+    from jobs.indexing.log import LogState, verify
+    from jobs.replay.driver import override_settings, run_job
     from streamrag.generations import serving_name
-    from streamrag.replay_cli import override_settings, run_job
+    from streamrag.kafka import read_log
     from streamrag.stores import open_store
 
     topic = settings.kafka.embeddings_topic
     state = LogState()
-    for m in read_log(settings, topic, None, end_offsets(settings, topic)):
-        state.add(parse(m.value))
+    for m in read_log(settings, topic):
+        state.add_value(m.value)
     dim = state.dim()
     if dim is None:
         raise SystemExit(f"bench: {topic} holds no embeddings to replay")
     tag = uuid.uuid4().hex[:6]
     target = f"{serving_name(settings)}_replay{tag}"
-    job = override_settings(settings, target,
-                            kafka={"group_id": f"{settings.kafka.group_id}-replay{tag}"})
+    job = override_settings(
+        settings, target, kafka={"group_id": f"{settings.kafka.group_id}-replay{tag}"}
+    )
     store = open_store(settings.store, target)
     try:
         store.ensure(dim)
-        wall = run_job("jobs.replay", job, store, state.upserts, "replay", progress=False,
-                       base_env=env)
+        wall = run_job(
+            "jobs.replay.job", job, store, state.upserts, "replay", progress=False, base_env=env
+        )
         verify(store, state.expected())
         chunks = store.count()
         stamps = sorted(c.indexed_at_ms for c in store.get(store.all_ids()))

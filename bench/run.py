@@ -30,9 +30,9 @@ from bench.freshness import freshness_figures
 from bench.replay import replay_figures, steady_rate
 from jobs.chunking.cleaning import clean
 from jobs.chunking.stage import ChunkStage
-from jobs.embedding.model import load_model, model_fit_checker, resolve_model
 from streamrag.config import PROJECT_ROOT, Settings, isolated_env, load_settings
-from streamrag.kafka import ensure_topics, read_topic, send_all
+from streamrag.kafka import ensure_topics, read_log, send_all
+from streamrag.models import load_model, resolve_model
 from streamrag.records import DocumentEvent, Origin
 from streamrag.stores import open_store
 
@@ -106,8 +106,14 @@ class RssSampler(threading.Thread):
 def run_job(env: dict[str, str]) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one bounded ingest run."""
     start = time.perf_counter()
-    proc = subprocess.Popen([CLI, "run", "--bounded"], env=env, cwd=PROJECT_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [CLI, "run", "--bounded"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     sampler = RssSampler(proc.pid)
     sampler.start()
     _, err = proc.communicate(timeout=3600)
@@ -118,27 +124,32 @@ def run_job(env: dict[str, str]) -> tuple[float, float]:
 
 
 def bench_settings() -> tuple[Settings, dict[str, str]]:
-    env = {**os.environ, **isolated_env(
-        f"bench{uuid.uuid4().hex[:8]}", FLINK__PARALLELISM="1",
-        EMBEDDING__TORCH_THREADS=str(TORCH_THREADS), CDC__TABLES="{}")}
+    env = {
+        **os.environ,
+        **isolated_env(
+            f"bench{uuid.uuid4().hex[:8]}",
+            FLINK__PARALLELISM="1",
+            EMBEDDING__TORCH_THREADS=str(TORCH_THREADS),
+            CDC__TABLES="{}",
+        ),
+    }
     os.environ.update(env)
     return load_settings(), env
 
 
 def main() -> None:
     settings, env = bench_settings()
-    fits, max_len = model_fit_checker(resolve_model(settings.embedding.model))
-    stage = ChunkStage(settings.chunking, fits, max_len - 2)
+    stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
     docs = corpus(stage)
     groups = [spans(stage, d["text"]) for d in docs]
     texts = [t for g in groups for t in g]
     tokens = sum(stage.chunker.count_tokens(t) for t in texts) / len(texts)
-    print(f"corpus: {len(docs)} documents, {len(texts)} chunks, {tokens:.0f} tokens/chunk",
-          flush=True)
+    print(
+        f"corpus: {len(docs)} documents, {len(texts)} chunks, {tokens:.0f} tokens/chunk", flush=True
+    )
 
     raw, raw_per_doc = raw_encode_rates(groups, settings.embedding.batch_size)
-    print(f"raw encode: {raw:.1f} chunks/s in one call, {raw_per_doc:.1f} per document",
-          flush=True)
+    print(f"raw encode: {raw:.1f} chunks/s in one call, {raw_per_doc:.1f} per document", flush=True)
 
     ensure_topics(settings)
     send_all(settings, settings.kafka.documents_topic, [(d["id"], json.dumps(d)) for d in docs])
@@ -148,8 +159,10 @@ def main() -> None:
     if count != len(texts):
         raise SystemExit(f"bench: index holds {count} chunks, expected {len(texts)}")
     steady = steady_rate([c.indexed_at_ms for c in store.get(store.all_ids())])
-    print(f"pipeline: {wall:.1f} s wall, {steady:.1f} chunks/s steady, peak RSS {peak_mb:.0f} MB",
-          flush=True)
+    print(
+        f"pipeline: {wall:.1f} s wall, {steady:.1f} chunks/s steady, peak RSS {peak_mb:.0f} MB",
+        flush=True,
+    )
 
     edited = dict(docs[0])
     paras = edited["text"].split("\n\n")
@@ -189,9 +202,11 @@ def main() -> None:
 
 def count_embedded(settings: Settings) -> int:
     """Model calls recorded in the embeddings topic (records with embedded=true)."""
-    return sum(json.loads(m.value).get("embedded", False)
-               for m in read_topic(settings, settings.kafka.embeddings_topic, timeout_s=60)
-               if m.value)
+    return sum(
+        json.loads(m.value).get("embedded", False)
+        for m in read_log(settings, settings.kafka.embeddings_topic, timeout_s=60)
+        if m.value
+    )
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ calls wrap the REST lifecycle endpoints. Connection errors and 409 (the worker g
 rebalancing) are retried with backoff; every failure ends as a one-line ConnectError.
 
 Connector files (``connect/*.json``) have the shape of ``POST /connectors``:
-``{"name": ..., "config": {...}}``. Before sending, ``${STREAMRAG_SECRETS_DIR}`` and
-``${STREAMRAG_POSTGRES_PORT}`` are replaced by the environment variable of that name,
-else by the value from settings (``<stack.work_dir>/secrets``, ``stack.postgres_port``).
+``{"name": ..., "config": {...}}``. Before sending, placeholders are replaced by the
+environment variable of that name, else by the value from settings:
+``${STREAMRAG_SECRETS_DIR}`` (``<stack.work_dir>/secrets``), ``${STREAMRAG_POSTGRES_PORT}``
+(``stack.postgres_port``), ``${STREAMRAG_RECORD_BYTES}`` (the size limit of source
+records, ``streamrag.limits``) and ``${STREAMRAG_CDC_TABLES}`` (the tables of the
+``cdc.tables`` topics under the connector's ``topic.prefix``: the config is the one list).
 Passwords are never in the file: ``${file:<path>:password}`` is resolved by the
 worker's file config provider, so not even the REST API shows the password.
 """
@@ -22,18 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.errors import UserError
-from streamrag.kafka import KafkaUnavailable
+from streamrag.limits import DOCUMENT_RECORD_BYTES
 
 DEFAULT_CONNECTOR_FILE = PROJECT_ROOT / "connect" / "postgres-source.json"
-# With REPLICA IDENTITY FULL an update event carries the old and the new row: two copies
-# of a large body. Matches producer.override.max.request.size in postgres-source.json.
-CDC_MAX_MESSAGE_BYTES = 16 * 2**20
 _PLACEHOLDER = re.compile(r"\$\{(STREAMRAG_[A-Z0-9_]+)\}")
 _QUALIFIED = re.compile(r"\b(?:[a-z_$][\w$]*\.)+([A-Z][\w$]*(?:Exception|Error))")
 
@@ -57,9 +55,12 @@ class ConnectRegistry:
         self.url = url.rstrip("/")
         self._timeout = timeout_s
         self._session = requests.Session()
-        self._send = retry(retry=retry_if_exception_type(_Transient), reraise=True,
-                           wait=wait_exponential(multiplier=0.25, max=4),
-                           stop=stop_after_delay(retry_s))(self._send_once)
+        self._send = retry(
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+            wait=wait_exponential(multiplier=0.25, max=4),
+            stop=stop_after_delay(retry_s),
+        )(self._send_once)
 
     def apply(self, name: str, config: dict[str, Any]) -> bool:
         """Create or update the connector; True if it was created."""
@@ -67,7 +68,8 @@ class ConnectRegistry:
         return self._send("PUT", f"/connectors/{name}/config", name, json=body).status_code == 201
 
     def status(self, name: str) -> dict[str, Any]:
-        return self._send("GET", f"/connectors/{name}/status", name).json()
+        status: dict[str, Any] = self._send("GET", f"/connectors/{name}/status", name).json()
+        return status
 
     def pause(self, name: str) -> None:
         self._send("PUT", f"/connectors/{name}/pause", name)
@@ -76,8 +78,10 @@ class ConnectRegistry:
         self._send("PUT", f"/connectors/{name}/resume", name)
 
     def restart(self, name: str, include_tasks: bool = True, only_failed: bool = False) -> None:
-        params = {"includeTasks": str(include_tasks).lower(),
-                  "onlyFailed": str(only_failed).lower()}
+        params = {
+            "includeTasks": str(include_tasks).lower(),
+            "onlyFailed": str(only_failed).lower(),
+        }
         self._send("POST", f"/connectors/{name}/restart", name, params=params)
 
     def delete(self, name: str, missing_ok: bool = False) -> None:
@@ -101,13 +105,17 @@ class ConnectRegistry:
             if status is not None:
                 _raise_if_failed(name, status)
                 tasks = status.get("tasks", [])
-                if status["connector"]["state"] == "RUNNING" and tasks and all(
-                        t["state"] == "RUNNING" for t in tasks):
+                if (
+                    status["connector"]["state"] == "RUNNING"
+                    and tasks
+                    and all(t["state"] == "RUNNING" for t in tasks)
+                ):
                     return status
                 state = _describe(status)
             if time.monotonic() > deadline:
                 raise ConnectError(
-                    f"connector {name} not RUNNING after {timeout_s:.0f} s ({state})")
+                    f"connector {name} not RUNNING after {timeout_s:.0f} s ({state})"
+                )
             time.sleep(0.5)
 
     def close(self) -> None:
@@ -119,8 +127,9 @@ class ConnectRegistry:
         except requests.ConnectionError as e:
             raise _Transient(f"Kafka Connect at {self.url} is not reachable") from e
         except requests.Timeout as e:
-            raise _Transient(f"Kafka Connect at {self.url} did not answer in "
-                             f"{self._timeout:.0f} s") from e
+            raise _Transient(
+                f"Kafka Connect at {self.url} did not answer in {self._timeout:.0f} s"
+            ) from e
         if resp.ok:
             return resp
         message = _error_message(resp)
@@ -154,8 +163,9 @@ def _raise_if_failed(name: str, status: dict[str, Any]) -> None:
         raise ConnectError(f"connector {name} FAILED: {_trace(connector.get('trace'))}")
     for task in status.get("tasks", []):
         if task.get("state") == "FAILED":
-            raise ConnectError(f"connector {name} task {task.get('id')} FAILED: "
-                               f"{_trace(task.get('trace'))}")
+            raise ConnectError(
+                f"connector {name} task {task.get('id')} FAILED: {_trace(task.get('trace'))}"
+            )
 
 
 def _trace(trace: str | None) -> str:
@@ -164,8 +174,9 @@ def _trace(trace: str | None) -> str:
         return "no trace"
     lines = [ln.strip() for ln in trace.splitlines() if ln.strip()]
     causes = [ln.removeprefix("Caused by: ") for ln in lines if ln.startswith("Caused by:")]
-    summary = lines[0] if not causes or causes[-1] == lines[0] else \
-        f"{lines[0]} (caused by {causes[-1]})"
+    summary = (
+        lines[0] if not causes or causes[-1] == lines[0] else f"{lines[0]} (caused by {causes[-1]})"
+    )
     return _QUALIFIED.sub(r"\1", summary)
 
 
@@ -182,11 +193,15 @@ def load_connector_file(path: str | Path, settings: Settings) -> tuple[str, dict
         raise ConnectError(f"cannot read connector file {path}: {e.strerror}") from e
     except json.JSONDecodeError as e:
         raise ConnectError(
-            f"connector file {path} is not valid JSON: {e.msg} (line {e.lineno})") from e
-    if not (isinstance(data, dict) and isinstance(data.get("name"), str)
-            and isinstance(data.get("config"), dict)):
+            f"connector file {path} is not valid JSON: {e.msg} (line {e.lineno})"
+        ) from e
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("name"), str)
+        and isinstance(data.get("config"), dict)
+    ):
         raise ConnectError(f"connector file {path} must hold an object with name and config")
-    values = _placeholder_values(settings)
+    values = _placeholder_values(settings, str(data["config"].get("topic.prefix", "")))
 
     def fill(match: re.Match[str]) -> str:
         if match.group(1) not in values:
@@ -197,32 +212,19 @@ def load_connector_file(path: str | Path, settings: Settings) -> tuple[str, dict
     return data["name"], config
 
 
-def _placeholder_values(settings: Settings) -> dict[str, str]:
-    from streamrag.stack import secrets_dir
-
-    defaults = {"STREAMRAG_SECRETS_DIR": str(secrets_dir(settings).resolve()),
-                "STREAMRAG_POSTGRES_PORT": str(settings.stack.postgres_port)}
+def _placeholder_values(settings: Settings, prefix: str) -> dict[str, str]:
+    defaults = {
+        "STREAMRAG_SECRETS_DIR": str(settings.stack.secrets_dir),
+        "STREAMRAG_POSTGRES_PORT": str(settings.stack.postgres_port),
+        "STREAMRAG_RECORD_BYTES": str(DOCUMENT_RECORD_BYTES.value),
+        "STREAMRAG_CDC_TABLES": ",".join(cdc_tables(settings, prefix)),
+    }
     return {k: os.environ.get(k, v) for k, v in defaults.items()}
 
 
-def ensure_cdc_topics(settings: Settings) -> list[str]:
-    """Create the missing CDC topics of ``cdc.tables``, compacted (invariant 7)."""
-    topics = list(settings.cdc.tables)
-    if not topics:
-        return []
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
-    try:
-        existing = set(admin.list_topics(timeout=10).topics)
-    except KafkaException as e:
-        raise KafkaUnavailable(f"Kafka at {settings.kafka.bootstrap} is not reachable: {e}") from e
-    config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
-              "max.message.bytes": str(CDC_MAX_MESSAGE_BYTES)}
-    new = [NewTopic(t, settings.kafka.partitions, 1, config=config)
-           for t in topics if t not in existing]
-    for future in (admin.create_topics(new).values() if new else []):
-        try:
-            future.result()
-        except KafkaException as e:
-            if "TOPIC_ALREADY_EXISTS" not in str(e):
-                raise KafkaUnavailable(f"cannot create CDC topic: {e}") from e
-    return [t.topic for t in new]
+def cdc_tables(settings: Settings, prefix: str) -> list[str]:
+    """``<schema>.<table>`` of each topic ``<prefix>.<schema>.<table>`` in ``cdc.tables``:
+    the tables a connector with that topic prefix must capture, and no others."""
+    return sorted(
+        t.removeprefix(f"{prefix}.") for t in settings.cdc.tables if t.startswith(f"{prefix}.")
+    )

@@ -134,6 +134,11 @@ class StackConfig(_Section):
     postgres_port: int = 15432
     milvus_port: int = 19530
 
+    @property
+    def secrets_dir(self) -> Path:
+        """Where generated secrets live (never committed): ``<work_dir>/secrets``."""
+        return self.work_dir.resolve() / "secrets"
+
 
 class CdcTableConfig(_Section):
     """How the rows of one Debezium table topic become documents."""
@@ -151,12 +156,19 @@ class CdcTableConfig(_Section):
 def _default_cdc_tables() -> dict[str, CdcTableConfig]:
     return {
         "cdc.kb.articles": CdcTableConfig(
-            id_columns=["id"], text_columns=["title", "body"], title_column="title",
-            metadata_columns=["tags"], tenant_column="tenant",
-            content_type="markdown"),
+            id_columns=["id"],
+            text_columns=["title", "body"],
+            title_column="title",
+            metadata_columns=["tags"],
+            tenant_column="tenant",
+            content_type="markdown",
+        ),
         "cdc.kb.faq": CdcTableConfig(
-            id_columns=["tenant", "slug"], text_columns=["question", "answer"],
-            title_column="question", tenant_column="tenant"),
+            id_columns=["tenant", "slug"],
+            text_columns=["question", "answer"],
+            title_column="question",
+            tenant_column="tenant",
+        ),
     }
 
 
@@ -238,9 +250,11 @@ def isolated_env(prefix: str, **extra: str) -> dict[str, str]:
     collection/table (tests, benches): ``STREAMRAG_...`` variables, plus ``extra``
     (``SECTION__KEY=value``)."""
     names = {
-        "KAFKA__DOCUMENTS_TOPIC": f"{prefix}-documents", "KAFKA__CHUNKS_TOPIC": f"{prefix}-chunks",
+        "KAFKA__DOCUMENTS_TOPIC": f"{prefix}-documents",
+        "KAFKA__CHUNKS_TOPIC": f"{prefix}-chunks",
         "KAFKA__EMBEDDINGS_TOPIC": f"{prefix}-embeddings",
-        "KAFKA__DEAD_LETTER_TOPIC": f"{prefix}-dead-letters", "KAFKA__GROUP_ID": prefix,
+        "KAFKA__DEAD_LETTER_TOPIC": f"{prefix}-dead-letters",
+        "KAFKA__GROUP_ID": prefix,
     }
     store_name = "STORE__TABLE" if extra.get("STORE__KIND") == "pgvector" else "STORE__COLLECTION"
     names[store_name] = prefix.replace("-", "_")

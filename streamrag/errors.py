@@ -109,11 +109,23 @@ def causes(error: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+# Milvus reports a rejected value with a plain MilvusException and a code: 5 is
+# IllegalArgument; Milvus Lite 3.2 answers 6 for a value longer than its VARCHAR field;
+# 1100 is the parameter-invalid code of Milvus 2.3 and later.
+MILVUS_INVALID_INPUT = frozenset({5, 6, 1100})
+
+
+def _milvus_rejected(error: BaseException) -> bool:
+    from pymilvus import MilvusException
+
+    return isinstance(error, MilvusException) and error.code in MILVUS_INVALID_INPUT
+
+
 def classify(error: BaseException) -> Disposition:
     """Terminal, transient or unknown, judged by the first error in the cause chain that
     one of the tables knows (a StoreError raised from a psycopg DataError is terminal)."""
     for e in causes(error):
-        if isinstance(e, _table("terminal")):
+        if isinstance(e, _table("terminal")) or _milvus_rejected(e):
             return "terminal"
         if isinstance(e, _table("transient")):
             return "transient"

@@ -56,36 +56,69 @@ class Rule:
         return self.name
 
 
-DOC_ID_BYTES: Final = Limit("doc_id_bytes", 1024, "Milvus VARCHAR doc_id column; PostgreSQL's"
-                            " btree index on doc_id takes at most 2,704 bytes a row")
+DOC_ID_BYTES: Final = Limit(
+    "doc_id_bytes",
+    1024,
+    "Milvus VARCHAR doc_id column; PostgreSQL's"
+    " btree index on doc_id takes at most 2,704 bytes a row",
+)
 TITLE_BYTES: Final = Limit("title_bytes", 2048, "Milvus VARCHAR title column")
 SOURCE_BYTES: Final = Limit("source_bytes", 512, "Milvus VARCHAR source column")
 MODEL_ID_BYTES: Final = Limit("model_id_bytes", 512, "Milvus VARCHAR model_id column")
 CHUNK_TEXT_BYTES: Final = Limit("chunk_text_bytes", 65_535, "Milvus VARCHAR text column")
 VERSION_MAX: Final = Limit("version_max", 2**63 - 1, "int64 version columns in both stores")
-METADATA_BYTES: Final = Limit("metadata_bytes", 65_536, "metadata is copied into every chunk"
-                              " and embedding record, which must fit the topic limit")
+METADATA_BYTES: Final = Limit(
+    "metadata_bytes",
+    65_536,
+    "metadata is copied into every chunk and embedding record, which must fit the topic limit",
+)
 METADATA_DEPTH: Final = Limit("metadata_depth", 16, "JSON columns and filters stay shallow")
 INT64: Final = Limit("metadata_int64", 2**63 - 1, "Milvus JSON numbers are int64 or double")
-DOCUMENT_RECORD_BYTES: Final = Limit("document_record_bytes", 16 * 2**20,
-                                     "max.message.bytes of the documents topic")
-TOPIC_RECORD_BYTES: Final = Limit("topic_record_bytes", 1_000_000, "chunks, embeddings and"
-                                  " dead-letter records: Kafka's default 1 MiB, less headroom")
-MARKDOWN_NESTING: Final = Limit("markdown_nesting", 64, "nesting levels of Markdown blocks"
-                                " (a list level counts two); deeper text would be dropped")
-HTML_DEPTH: Final = Limit("html_depth", 10_000, "nesting depth of HTML elements"
-                          " (real pages nest less than 100 deep)")
-VALID_UNICODE: Final = Rule("valid_unicode", "no lone surrogates anywhere (coders and"
-                             " stores reject them); no NUL or control characters in ids and"
-                             " metadata (PostgreSQL text and jsonb reject NUL)")
-JSON_NESTING: Final = Rule("json_nesting", "nesting that Python's JSON parser can read"
-                           " (about 1,000 levels)")
+DOCUMENT_RECORD_BYTES: Final = Limit(
+    "document_record_bytes", 16 * 2**20, "max.message.bytes of the documents topic"
+)
+TOPIC_RECORD_BYTES: Final = Limit(
+    "topic_record_bytes",
+    1_000_000,
+    "chunks, embeddings and dead-letter records: Kafka's default 1 MiB, less headroom",
+)
+MARKDOWN_NESTING: Final = Limit(
+    "markdown_nesting",
+    64,
+    "nesting levels of Markdown blocks (a list level counts two); deeper text would be dropped",
+)
+HTML_DEPTH: Final = Limit(
+    "html_depth", 10_000, "nesting depth of HTML elements (real pages nest less than 100 deep)"
+)
+VALID_UNICODE: Final = Rule(
+    "valid_unicode",
+    "no lone surrogates anywhere (coders and"
+    " stores reject them); no NUL or control characters in ids and"
+    " metadata (PostgreSQL text and jsonb reject NUL)",
+)
+JSON_NESTING: Final = Rule(
+    "json_nesting", "nesting that Python's JSON parser can read (about 1,000 levels)"
+)
 FINITE_NUMBERS: Final = Rule("finite_numbers", "JSON and jsonb hold finite numbers only")
 
-ALL: Final = (DOC_ID_BYTES, TITLE_BYTES, SOURCE_BYTES, MODEL_ID_BYTES, CHUNK_TEXT_BYTES,
-              VERSION_MAX, METADATA_BYTES, METADATA_DEPTH, INT64, DOCUMENT_RECORD_BYTES,
-              TOPIC_RECORD_BYTES, MARKDOWN_NESTING, HTML_DEPTH, VALID_UNICODE, JSON_NESTING,
-              FINITE_NUMBERS)
+ALL: Final = (
+    DOC_ID_BYTES,
+    TITLE_BYTES,
+    SOURCE_BYTES,
+    MODEL_ID_BYTES,
+    CHUNK_TEXT_BYTES,
+    VERSION_MAX,
+    METADATA_BYTES,
+    METADATA_DEPTH,
+    INT64,
+    DOCUMENT_RECORD_BYTES,
+    TOPIC_RECORD_BYTES,
+    MARKDOWN_NESTING,
+    HTML_DEPTH,
+    VALID_UNICODE,
+    JSON_NESTING,
+    FINITE_NUMBERS,
+)
 
 
 def exceeded(limit: Limit | Rule, message: str) -> LimitExceeded:
@@ -98,8 +131,11 @@ def utf8_size(text: str, what: str) -> int:
     try:
         return len(text.encode("utf-8"))
     except UnicodeEncodeError as e:
-        raise exceeded(VALID_UNICODE, f"{what} holds a lone surrogate {text[e.start]!a} at"
-                       f" character {e.start}: not valid Unicode") from None
+        raise exceeded(
+            VALID_UNICODE,
+            f"{what} holds a lone surrogate {text[e.start]!a} at"
+            f" character {e.start}: not valid Unicode",
+        ) from None
 
 
 def check_doc_id(doc_id: str) -> str:
@@ -123,8 +159,7 @@ def clean_title(title: str | None) -> str | None:
     if title is None:
         return None
     utf8_size(title, "title")
-    title = " ".join("".join(" " if unicodedata.category(c) == "Cc" else c
-                             for c in title).split())
+    title = " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in title).split())
     size = utf8_size(title, "title")
     if size > TITLE_BYTES.value:
         raise exceeded(TITLE_BYTES, f"title has {size} bytes")
@@ -152,8 +187,9 @@ def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def _check_json_value(value: Any, path: str, depth: int) -> None:
     if depth > METADATA_DEPTH.value:
-        raise exceeded(METADATA_DEPTH, f"{_shown(path)} nests more than"
-                       f" {METADATA_DEPTH.value} levels deep")
+        raise exceeded(
+            METADATA_DEPTH, f"{_shown(path)} nests more than {METADATA_DEPTH.value} levels deep"
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             _check_string(key, f"a key of {path}")
@@ -163,19 +199,26 @@ def _check_json_value(value: Any, path: str, depth: int) -> None:
             _check_json_value(item, f"{path}[{i}]", depth + 1)
     elif isinstance(value, str):
         _check_string(value, path)
-    elif isinstance(value, int) and not isinstance(value, bool) and (
-            not -INT64.value - 1 <= value <= INT64.value):
+    elif (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (not -INT64.value - 1 <= value <= INT64.value)
+    ):
         raise exceeded(INT64, f"{_shown(path)} is an integer outside int64")
     elif isinstance(value, float) and not math.isfinite(value):
-        raise exceeded(FINITE_NUMBERS, f"{_shown(path)} is {value}, which JSON and"
-                       " PostgreSQL's jsonb cannot hold")
+        raise exceeded(
+            FINITE_NUMBERS,
+            f"{_shown(path)} is {value}, which JSON and PostgreSQL's jsonb cannot hold",
+        )
 
 
 def _check_string(text: str, what: str) -> None:
     utf8_size(text, _shown(what))
     if "\x00" in text:
-        raise exceeded(VALID_UNICODE, f"{_shown(what)} holds a NUL character, which"
-                       " PostgreSQL text and jsonb cannot store")
+        raise exceeded(
+            VALID_UNICODE,
+            f"{_shown(what)} holds a NUL character, which PostgreSQL text and jsonb cannot store",
+        )
 
 
 def _shown(path: str) -> str:

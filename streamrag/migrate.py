@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
-from streamrag.config import PROJECT_ROOT, Settings
+from streamrag.config import PROJECT_ROOT
 from streamrag.errors import UserError
 
 SOURCE_DIR = PROJECT_ROOT / "sql" / "source"
@@ -23,21 +24,6 @@ _LOCK_KEY = "streamrag_migrations"
 
 class MigrationError(UserError):
     """The schema could not be applied; the message is one line for the user."""
-
-
-def migrate(settings: Settings, dsn: str | None = None) -> list[str]:
-    """CLI hook: apply the pending source files; returns their names.
-
-    ``dsn`` defaults to the local stack's PostgreSQL (password from its secrets dir).
-    """
-    if dsn is None:
-        from streamrag.stack import StackError, postgres_dsn
-
-        try:
-            dsn = postgres_dsn(settings)
-        except StackError as e:
-            raise MigrationError(str(e)) from e
-    return apply_migrations(dsn, SOURCE_DIR)
 
 
 def apply_migrations(dsn: str, directory: Path = SOURCE_DIR) -> list[str]:
@@ -52,27 +38,38 @@ def apply_migrations(dsn: str, directory: Path = SOURCE_DIR) -> list[str]:
         raise MigrationError(f"migration failed: {e}".splitlines()[0]) from e
 
 
-def _apply(conn: psycopg.Connection, files: list[Path]) -> list[str]:
-    conn.execute("CREATE TABLE IF NOT EXISTS streamrag_migrations (name text PRIMARY KEY,"
-                 " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+def _apply(conn: psycopg.Connection[Any], files: list[Path]) -> list[str]:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS streamrag_migrations (name text PRIMARY KEY,"
+        " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
     conn.commit()
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [_LOCK_KEY])
-    done = dict(conn.execute("SELECT name, checksum FROM streamrag_migrations").fetchall())
+    done = {
+        str(name): str(checksum)
+        for name, checksum in conn.execute(
+            "SELECT name, checksum FROM streamrag_migrations"
+        ).fetchall()
+    }
     applied = []
     for path in files:
         text = path.read_text(encoding="utf-8")
         checksum = hashlib.sha256(text.encode()).hexdigest()
         if path.name in done:
             if done[path.name] != checksum:
-                raise MigrationError(f"{path.name} changed after it was applied: "
-                                     "add a new numbered file instead of editing it")
+                raise MigrationError(
+                    f"{path.name} changed after it was applied: "
+                    "add a new numbered file instead of editing it"
+                )
             continue
         try:
             conn.execute(text.encode())  # no parameters: may hold several statements
         except psycopg.Error as e:
             raise MigrationError(f"{path.name}: {e}".splitlines()[0]) from e
-        conn.execute("INSERT INTO streamrag_migrations (name, checksum) VALUES (%s, %s)",
-                     [path.name, checksum])
+        conn.execute(
+            "INSERT INTO streamrag_migrations (name, checksum) VALUES (%s, %s)",
+            [path.name, checksum],
+        )
         applied.append(path.name)
     conn.commit()  # all files and their records at once, and the lock is released
     return applied
@@ -84,8 +81,9 @@ def drop_replication_slot(dsn: str, slot: str, timeout_s: float = 30) -> bool:
     deadline = time.monotonic() + timeout_s
     with psycopg.connect(dsn, autocommit=True) as conn:
         while True:
-            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
-                               [slot]).fetchone()
+            row = conn.execute(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", [slot]
+            ).fetchone()
             if row is None:
                 return True
             if not row[0]:

@@ -9,8 +9,13 @@ from pathlib import Path
 from streamrag.config import Settings
 from streamrag.kafka import ensure_topics, send_all
 
-CONTENT_TYPES = {".md": "markdown", ".markdown": "markdown", ".txt": "text",
-                 ".html": "html", ".htm": "html"}
+CONTENT_TYPES = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".html": "html",
+    ".htm": "html",
+}
 
 
 def document_records(folder: Path, prefix: str = "") -> Iterator[tuple[str, str]]:
@@ -22,11 +27,18 @@ def document_records(folder: Path, prefix: str = "") -> Iterator[tuple[str, str]
             continue
         doc_id = prefix + path.relative_to(folder).as_posix()
         text = path.read_text(encoding="utf-8", errors="replace")
-        yield doc_id, json.dumps({
-            "id": doc_id, "text": text, "content_type": content_type,
-            "title": path.stem.replace("-", " ").replace("_", " "),
-            "metadata": {"path": path.relative_to(folder).as_posix()},
-        })
+        yield (
+            doc_id,
+            json.dumps(
+                {
+                    "id": doc_id,
+                    "text": text,
+                    "content_type": content_type,
+                    "title": path.stem.replace("-", " ").replace("_", " "),
+                    "metadata": {"path": path.relative_to(folder).as_posix()},
+                }
+            ),
+        )
 
 
 def produce_folder(settings: Settings, folder: Path, prefix: str = "") -> int:

@@ -19,38 +19,35 @@ from connect.registry import (
     DEFAULT_CONNECTOR_FILE,
     ConnectRegistry,
     connect_url,
-    ensure_cdc_topics,
     load_connector_file,
 )
-from streamrag.config import Settings
+from streamrag.cli.context import settings_of
+from streamrag.kafka import ensure_topics
 
-app = typer.Typer(no_args_is_help=True,
-                  help="Kafka Connect connectors: Debezium PostgreSQL -> CDC topics.")
+app = typer.Typer(
+    no_args_is_help=True, help="Kafka Connect connectors: Debezium PostgreSQL -> CDC topics."
+)
 Name = Annotated[str, typer.Argument(help="Connector name.")]
 
 
-def _settings() -> Settings:
-    from streamrag.cli import settings  # the main CLI's settings (honours --config)
-
-    return settings()
-
-
-def _registry() -> ConnectRegistry:
-    return ConnectRegistry(connect_url(_settings()))
+def _registry(ctx: typer.Context) -> ConnectRegistry:
+    return ConnectRegistry(connect_url(settings_of(ctx)))
 
 
 @app.command()
 def apply(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="Connector JSON: {name, config}.")] = (
-        DEFAULT_CONNECTOR_FILE),
+        DEFAULT_CONNECTOR_FILE
+    ),
     wait: Annotated[bool, typer.Option(help="Wait until connector and tasks run.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 60.0,
 ) -> None:
     """Create or update a connector from FILE (idempotent), placeholders filled in."""
-    settings = _settings()
+    settings = settings_of(ctx)
     name, config = load_connector_file(file, settings)
-    ensure_cdc_topics(settings)  # compacted before Debezium would auto-create them
-    registry = _registry()
+    ensure_topics(settings)  # the CDC topics compacted, before Debezium would create them
+    registry = _registry(ctx)
     created = registry.apply(name, config)
     typer.echo(f"{'created' if created else 'updated'} connector {name}")
     if wait:
@@ -59,37 +56,38 @@ def apply(
 
 
 @app.command()
-def status(name: Name) -> None:
+def status(ctx: typer.Context, name: Name) -> None:
     """Print the connector's and its tasks' state (JSON)."""
-    typer.echo(json.dumps(_registry().status(name), indent=2))
+    typer.echo(json.dumps(_registry(ctx).status(name), indent=2))
 
 
 @app.command()
-def pause(name: Name) -> None:
+def pause(ctx: typer.Context, name: Name) -> None:
     """Pause the connector (its slot keeps WAL until it resumes)."""
-    _registry().pause(name)
+    _registry(ctx).pause(name)
     typer.echo(f"pausing {name}")
 
 
 @app.command()
-def resume(name: Name) -> None:
+def resume(ctx: typer.Context, name: Name) -> None:
     """Resume a paused connector."""
-    _registry().resume(name)
+    _registry(ctx).resume(name)
     typer.echo(f"resuming {name}")
 
 
 @app.command()
 def restart(
+    ctx: typer.Context,
     name: Name,
     only_failed: Annotated[bool, typer.Option(help="Restart only failed instances.")] = False,
 ) -> None:
     """Restart the connector and its tasks."""
-    _registry().restart(name, include_tasks=True, only_failed=only_failed)
+    _registry(ctx).restart(name, include_tasks=True, only_failed=only_failed)
     typer.echo(f"restarting {name}")
 
 
 @app.command()
-def delete(name: Name) -> None:
+def delete(ctx: typer.Context, name: Name) -> None:
     """Delete the connector (its replication slot stays: drop it to release WAL)."""
-    _registry().delete(name)
+    _registry(ctx).delete(name)
     typer.echo(f"deleted {name}")

@@ -13,18 +13,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import pyflink
-import typer
 import yaml
 
-from streamrag.config import PROJECT_ROOT, Settings, load_settings
+from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.errors import UserError
 
 PYFLINK_HOME = Path(pyflink.__file__).parent
 REST_PORT = 18081
-app = typer.Typer(no_args_is_help=True, help="Local standalone Flink cluster (flink run).")
 
 
 class ClusterError(UserError):
@@ -36,9 +33,12 @@ def conf_dir(settings: Settings) -> Path:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, "FLINK_HOME": str(PYFLINK_HOME),
-            "FLINK_CONF_DIR": str(conf_dir(settings)),
-            "FLINK_LOG_DIR": str(Path(settings.stack.work_dir) / "logs" / "flink")}
+    return {
+        **os.environ,
+        "FLINK_HOME": str(PYFLINK_HOME),
+        "FLINK_CONF_DIR": str(conf_dir(settings)),
+        "FLINK_LOG_DIR": str(Path(settings.stack.work_dir) / "logs" / "flink"),
+    }
 
 
 def write_conf(settings: Settings) -> Path:
@@ -47,16 +47,27 @@ def write_conf(settings: Settings) -> Path:
     config = yaml.safe_load((PYFLINK_HOME / "conf" / "config.yaml").read_text())
     config["rest"] = {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": REST_PORT}
     config["jobmanager"]["bind-host"] = config["jobmanager"]["rpc"]["address"] = "127.0.0.1"
-    config["taskmanager"].update({"bind-host": "127.0.0.1", "host": "127.0.0.1",
-                                  "numberOfTaskSlots": 2, "memory": {"process": {"size": "4g"}}})
+    config["taskmanager"].update(
+        {
+            "bind-host": "127.0.0.1",
+            "host": "127.0.0.1",
+            "numberOfTaskSlots": 2,
+            "memory": {"process": {"size": "4g"}},
+        }
+    )
     config["python"] = {"executable": sys.executable, "client": {"executable": sys.executable}}
     (target / "config.yaml").write_text(yaml.safe_dump(config))
     return target
 
 
 def _script(settings: Settings, name: str, *args: str) -> None:
-    done = subprocess.run(["bash", str(PYFLINK_HOME / "bin" / name), *args], env=_env(settings),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", str(PYFLINK_HOME / "bin" / name), *args],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if done.returncode != 0:
         raise ClusterError(f"{name} failed: {(done.stderr or done.stdout).strip()[:300]}")
 
@@ -75,34 +86,23 @@ def submit(settings: Settings, job_args: list[str], detached: bool = False) -> N
     """`flink run -py jobs/pipeline.py [job args]` against the local cluster."""
     # The wheel keeps flink-python in opt/, off the session cluster's classpath: ship it.
     (python_jar,) = (PYFLINK_HOME / "opt").glob("flink-python-*.jar")
-    cmd = ["bash", str(PYFLINK_HOME / "bin" / "flink"), "run", "-m", f"127.0.0.1:{REST_PORT}",
-           "-C", python_jar.as_uri(), *(["-d"] if detached else []),
-           "-py", str(PROJECT_ROOT / "jobs" / "pipeline.py"), *job_args]
-    done = subprocess.run(cmd, env=_env(settings), cwd=PROJECT_ROOT, text=True,
-                          capture_output=True, timeout=3600)
+    cmd = [
+        "bash",
+        str(PYFLINK_HOME / "bin" / "flink"),
+        "run",
+        "-m",
+        f"127.0.0.1:{REST_PORT}",
+        "-C",
+        python_jar.as_uri(),
+        *(["-d"] if detached else []),
+        "-py",
+        str(PROJECT_ROOT / "jobs" / "pipeline.py"),
+        *job_args,
+    ]
+    done = subprocess.run(
+        cmd, env=_env(settings), cwd=PROJECT_ROOT, text=True, capture_output=True, timeout=3600
+    )
     if done.returncode != 0:
         lines = (done.stderr + done.stdout).splitlines()
         causes = [line for line in lines if line.startswith("Caused by:")] or lines[-1:]
         raise ClusterError(f"flink run failed: {(causes or ['no output'])[-1][:300]}")
-
-
-@app.command("up")
-def _up() -> None:
-    """Start the local JobManager and TaskManager (REST on 127.0.0.1:18081)."""
-    up(load_settings())
-    typer.echo(f"Flink cluster up: http://127.0.0.1:{REST_PORT}")
-
-
-@app.command("down")
-def _down() -> None:
-    """Stop the local cluster."""
-    down(load_settings())
-
-
-@app.command("submit")
-def _submit(
-    bounded: Annotated[bool, typer.Option(help="Stop at the end of the topics.")] = False,
-    detached: Annotated[bool, typer.Option(help="Return once submitted.")] = False,
-) -> None:
-    """Submit the ingest job with `flink run -py jobs/pipeline.py`."""
-    submit(load_settings(), ["--bounded"] if bounded else [], detached)

@@ -2,6 +2,7 @@
 Debezium, and a Milvus Lite server, all as plain processes under ``<work_dir>``.
 
     streamrag stack up [SERVICES...]   # idempotent; default: all, in start order
+    (the commands: streamrag/cli/local.py)
     streamrag stack status
     streamrag stack down
 
@@ -20,21 +21,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
 
 import psutil
-import typer
 
-from streamrag.config import ConfigError, Settings, load_settings
-from streamrag.stack_services import (
-    SERVICES,
+from streamrag.config import Settings
+from streamrag.local.kafka import Connect, Kafka
+from streamrag.local.milvus import Milvus
+from streamrag.local.postgres import Postgres
+from streamrag.local.service import (
     JavaService,
-    Postgres,
     Service,
     StackError,
     find_java,
     port_free,
-    secrets_dir,
     show,
     work_dir,
 )
@@ -42,16 +41,17 @@ from streamrag.stack_services import (
 __all__ = [
     "SERVICE_NAMES",
     "StackError",
-    "app",
+    "describe",
     "down",
     "pids",
     "postgres_dsn",
-    "secrets_dir",
     "status",
     "up",
 ]
 
-SERVICE_NAMES: tuple[str, ...] = tuple(SERVICES)  # start order
+# In start order: a service's needs come before it.
+SERVICES: dict[str, type[Service]] = {cls.name: cls for cls in (Postgres, Kafka, Connect, Milvus)}
+SERVICE_NAMES: tuple[str, ...] = tuple(SERVICES)
 READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
@@ -101,7 +101,9 @@ def _find_pid(svc: Service) -> int | None:
         if proc.pid == os.getpid() or not _is_ours(proc, svc):
             continue
         try:
-            if _is_ours(proc.parent(), svc):  # e.g. a postgres backend: we want the postmaster
+            parent = proc.parent()
+            if parent is not None and _is_ours(parent, svc):  # a postgres backend: we want
+                # the postmaster
                 continue
         except (psutil.Error, AttributeError):
             pass
@@ -296,56 +298,18 @@ def pids(settings: Settings) -> dict[str, int | None]:
     return {name: _find_pid(SERVICES[name](settings)) for name in SERVICE_NAMES}
 
 
+def describe(settings: Settings) -> list[tuple[str, bool, str, int | None]]:
+    """(name, up, address, pid) of each service, in start order."""
+    out = []
+    for name, pid in pids(settings).items():
+        svc = SERVICES[name](settings)
+        out.append((name, pid is not None and _probe(svc), svc.address, pid))
+    return out
+
+
 def status(settings: Settings) -> dict[str, bool]:
     """Whether each service is running and answering."""
     return {
         name: pid is not None and _probe(SERVICES[name](settings))
         for name, pid in pids(settings).items()
     }
-
-
-# --- CLI (mounted by the main CLI as `streamrag stack`) ---------------------------------
-
-app = typer.Typer(help="Run the local stack: PostgreSQL, Kafka, Kafka Connect, Milvus Lite.")
-
-
-def _run(action: Callable[[Settings], object]) -> None:
-    try:
-        action(load_settings())
-    except (StackError, ConfigError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-
-
-@app.command("up")
-def up_command(
-    services: Annotated[
-        list[str] | None,
-        typer.Argument(help=f"services to start (default all): {', '.join(SERVICE_NAMES)}"),
-    ] = None,
-) -> None:
-    """Start services (idempotent) and wait until they are ready."""
-    _run(lambda settings: up(settings, services or None, echo=typer.echo))
-
-
-@app.command("down")
-def down_command() -> None:
-    """Stop every service of the stack."""
-    _run(lambda settings: down(settings, echo=typer.echo))
-
-
-@app.command("status")
-def status_command() -> None:
-    """One line per service: name, up/down, address, pid."""
-
-    def show_status(settings: Settings) -> None:
-        for name, pid in pids(settings).items():
-            svc = SERVICES[name](settings)
-            state = "up" if pid is not None and _probe(svc) else "down"
-            typer.echo(f"{name:<9} {state:<5} {svc.address:<23} pid {pid or '-'}")
-
-    _run(show_status)
-
-
-if __name__ == "__main__":
-    app()

@@ -5,7 +5,7 @@ Python packages are pinned in ``[project]``; the JVM artifacts that Maven resolv
 ``-D`` properties this module prints, and Flink's version is taken from the
 ``apache-flink`` pin itself, so PyFlink and the Kafka connector cannot drift apart.
 
-    python -m streamrag.versions maven   # -Dkafka.version=... -Dflink.version=... ...
+    python -m streamrag.local.versions maven   # -Dkafka.version=... -Dflink.version=... ...
 
 Standard library only: it runs before the venv exists.
 """
@@ -15,11 +15,12 @@ from __future__ import annotations
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
-def _pyproject() -> dict:
+def _pyproject() -> dict[str, Any]:
     return tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from streamrag import generations
 from streamrag.config import PROJECT_ROOT, Settings, isolated_env, load_settings
-from streamrag.kafka import Message, ensure_topics, read_topic, send_all
+from streamrag.kafka import Message, ensure_topics, read_log, send_all
 from streamrag.stores import open_store
 from streamrag.stores.base import VectorStore
 
@@ -28,12 +29,26 @@ CLI = str(Path(sys.executable).with_name("streamrag"))
 
 @pytest.fixture(scope="session")
 def stack() -> Settings:
-    from streamrag.stack import secrets_dir, up
+    from streamrag.local.stack import up
 
     settings = load_settings()
     up(settings)
-    os.environ.setdefault("PGPASSFILE", str(secrets_dir(settings) / "pgpass"))
+    os.environ.setdefault("PGPASSFILE", str(settings.stack.secrets_dir / "pgpass"))
     return settings
+
+
+def settings_with(env: dict[str, str]) -> Settings:
+    """The settings that a process with these environment variables loads."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return load_settings()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass
@@ -50,13 +65,19 @@ class Pipeline:
         self.produce([(d["id"], json.dumps(d)) for d in docs])
 
     def run(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([CLI, "run", "--bounded", *args], env=self.env, cwd=PROJECT_ROOT,
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [CLI, "run", "--bounded", *args],
+            env=self.env,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert done.returncode == 0, f"job failed:\n{done.stderr[-3000:]}"
         return done
 
     def topic(self, name: str) -> list[Message]:
-        return list(read_topic(self.settings, name, timeout_s=20))
+        return list(read_log(self.settings, name, timeout_s=20))
 
     def dead_letters(self) -> list[dict]:
         return [json.loads(m.value) for m in self.topic(self.settings.kafka.dead_letter_topic)]
@@ -68,18 +89,11 @@ class Pipeline:
 def make_pipeline(stack: Settings, store_kind: str) -> Pipeline:
     # No CDC topics unless the test maps some: a connector on the dev stack must not leak in.
     cdc = os.environ.get("STREAMRAG_CDC__TABLES", "{}")
-    env = {**os.environ, **isolated_env(f"t{uuid.uuid4().hex[:8]}", STORE__KIND=store_kind,
-                                        CDC__TABLES=cdc)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # load_settings reads the same overrides as the job
-    try:
-        settings = load_settings()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    env = {
+        **os.environ,
+        **isolated_env(f"t{uuid.uuid4().hex[:8]}", STORE__KIND=store_kind, CDC__TABLES=cdc),
+    }
+    settings = settings_with(env)  # the same overrides as the job reads
     ensure_topics(settings)
     return Pipeline(env, settings)
 
@@ -88,8 +102,4 @@ def make_pipeline(stack: Settings, store_kind: str) -> Pipeline:
 def pipeline(request: pytest.FixtureRequest, stack: Settings) -> Iterator[Pipeline]:
     p = make_pipeline(stack, request.param)
     yield p
-    store = p.store()
-    drop = getattr(store, "drop", None)
-    if drop:
-        drop()
-    store.close()
+    generations.drop_all(p.settings)

@@ -29,8 +29,11 @@ def test_each_bad_input_is_indexed_or_dead_lettered_with_a_reason(stack, monkeyp
         "empty-id": ("empty-id", value(id="  ", text=GOOD), "'id'"),
         "number-id": ("number-id", value(id=7, text=GOOD), "'id'"),
         "text-type": ("text-type", value(id="text-type", text=12), "'text' must be str"),
-        "version-type": ("version-type", value(id="version-type", text=GOOD, version="3"),
-                         "'version' must be int"),
+        "version-type": (
+            "version-type",
+            value(id="version-type", text=GOOD, version="3"),
+            "'version' must be int",
+        ),
         "blank": ("blank", value(id="blank", text=" \n\t "), "empty or whitespace"),
         "bad-utf8": ("bad-utf8", b'{"id": "bad-utf8", "text": "caf\xe9"}', "not valid UTF-8"),
         "ten-mb": ("ten-mb", value(id="ten-mb", text="word " * 2_000_000), "max_document_chars"),
@@ -45,8 +48,11 @@ def test_each_bad_input_is_indexed_or_dead_lettered_with_a_reason(stack, monkeyp
         "extra": value(id="extra", text=GOOD, unknown_field={"x": 1}),
         "versioned": value(id="versioned", text="Version ten text. " + GOOD, version=10),
     }
-    p.produce([(k, v) for k, v, _ in rejected.values()] + list(accepted.items())
-              + [("versioned", value(id="versioned", text="Older five. " + GOOD, version=5))])
+    p.produce(
+        [(k, v) for k, v, _ in rejected.values()]
+        + list(accepted.items())
+        + [("versioned", value(id="versioned", text="Older five. " + GOOD, version=5))]
+    )
     p.run()
 
     letters = {d["key"]: d for d in p.dead_letters()}

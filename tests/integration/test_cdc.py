@@ -33,12 +33,12 @@ from connect.registry import (
 from jobs.chunking.cdc import UNAVAILABLE, parse_cdc_record
 from jobs.chunking.planner import DocState, chunk_id, is_stale
 from jobs.chunking.stage import ChunkStage
-from jobs.embedding.model import model_fit_checker, resolve_model
 from streamrag.config import PROJECT_ROOT, Settings
-from streamrag.kafka import Message, TopicMissing, read_topic
-from streamrag.migrate import drop_replication_slot, migrate
+from streamrag.kafka import Message, TopicMissing, read_log
+from streamrag.local.stack import postgres_dsn
+from streamrag.migrate import apply_migrations, drop_replication_slot
+from streamrag.models import resolve_model
 from streamrag.records import DocumentEvent, Origin
-from streamrag.stack import postgres_dsn
 from tests.integration.conftest import Pipeline, make_pipeline
 
 pytestmark = pytest.mark.integration
@@ -48,8 +48,9 @@ SMALL = "Log compaction keeps the latest record of every key. " * 4
 def toast_body(chars: int = 9000) -> str:
     """Random words: pglz cannot compress them, so the value is stored out of line."""
     rng = random.Random(7)
-    words = ("".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 9)))
-             for _ in range(chars // 6))
+    words = (
+        "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 9))) for _ in range(chars // 6)
+    )
     return " ".join(words)
 
 
@@ -72,8 +73,10 @@ class Cdc:
             conn.execute(statement.replace("{s}", self.schema), params or None)
 
     def events(self, table: str) -> list[tuple[dict, dict | None]]:
-        return [(json.loads(m.key), json.loads(m.value) if m.value else None)
-                for m in cdc_records(self.pipeline.settings, self.topic(table))]
+        return [
+            (json.loads(m.key), json.loads(m.value) if m.value else None)
+            for m in cdc_records(self.pipeline.settings, self.topic(table))
+        ]
 
     def wait_for(self, table: str, done: Callable[[list], bool], timeout: float = 90) -> list:
         def ready() -> list | None:
@@ -92,7 +95,7 @@ class Cdc:
 def cdc_records(settings: Settings, topic: str) -> list[Message]:
     """The records of a Debezium topic so far; none while Debezium has not created it."""
     try:
-        return list(read_topic(settings, topic, timeout_s=10))
+        return list(read_log(settings, topic, timeout_s=10))
     except TopicMissing:
         return []
 
@@ -111,10 +114,16 @@ def has(op: str, **key: object) -> Callable[[list], bool]:
 
 
 def expected_chunks(settings: Settings, doc_id: str, text: str, content_type: str) -> list[str]:
-    fits, max_len = model_fit_checker(resolve_model(settings.embedding.model))
-    event = DocumentEvent(doc_id=doc_id, version=1, source="t", origin=Origin("t", 0, 0),
-                          text=text, content_type=content_type)
-    return [span.text for span in ChunkStage(settings.chunking, fits, max_len - 2).spans(event)]
+    stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
+    event = DocumentEvent(
+        doc_id=doc_id,
+        version=1,
+        source="t",
+        origin=Origin("t", 0, 0),
+        text=text,
+        content_type=content_type,
+    )
+    return [span.text for span in stage.spans(event)]
 
 
 def assert_indexed(cdc: Cdc, doc_id: str, text: str, content_type: str = "markdown") -> list:
@@ -155,21 +164,41 @@ def cdc(stack: Settings) -> Iterator[Cdc]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(re.sub(r"\bkb\b", schema, ddl).replace("streamrag_pub", f"pub_{tag}"))
     defaults = stack.cdc.tables
-    tables = {f"{prefix}.{schema}.{t}": defaults[f"cdc.kb.{t}"].model_dump()
-              for t in ("articles", "faq")}
+    tables = {
+        f"{prefix}.{schema}.{t}": defaults[f"cdc.kb.{t}"].model_dump() for t in ("articles", "faq")
+    }
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STREAMRAG_CDC__TABLES", json.dumps(tables))
         pipeline = make_pipeline(stack, "milvus")
     _, config = load_connector_file(DEFAULT_CONNECTOR_FILE, stack)
-    config.update({"slot.name": f"slot_{tag}", "publication.name": f"pub_{tag}",
-                   "topic.prefix": prefix, "table.include.list": f"{schema}.articles,{schema}.faq"})
-    world = Cdc(tag, schema, f"slot_{tag}", f"streamrag-test-{tag}", config, dsn,
-                ConnectRegistry(connect_url(stack)), pipeline)
-    world.sql("INSERT INTO {s}.articles (id, tenant, title, body, tags) VALUES"
-              " (1, 'acme', 'Compaction', %s, '{kafka}'), (2, 'acme', 'Big', %s, '{toast}'),"
-              " (3, 'globex', 'Doomed', %s, '{}')", (SMALL, toast_body(), SMALL))
-    world.sql("INSERT INTO {s}.faq VALUES ('acme', 'reset', 'How do I reset?', 'Click reset.'),"
-              " ('acme', 'rotate', 'How do I rotate keys?', 'Use the console.')")
+    config.update(
+        {
+            "slot.name": f"slot_{tag}",
+            "publication.name": f"pub_{tag}",
+            "topic.prefix": prefix,
+            "table.include.list": f"{schema}.articles,{schema}.faq",
+        }
+    )
+    world = Cdc(
+        tag,
+        schema,
+        f"slot_{tag}",
+        f"streamrag-test-{tag}",
+        config,
+        dsn,
+        ConnectRegistry(connect_url(stack)),
+        pipeline,
+    )
+    world.sql(
+        "INSERT INTO {s}.articles (id, tenant, title, body, tags) VALUES"
+        " (1, 'acme', 'Compaction', %s, '{kafka}'), (2, 'acme', 'Big', %s, '{toast}'),"
+        " (3, 'globex', 'Doomed', %s, '{}')",
+        (SMALL, toast_body(), SMALL),
+    )
+    world.sql(
+        "INSERT INTO {s}.faq VALUES ('acme', 'reset', 'How do I reset?', 'Click reset.'),"
+        " ('acme', 'rotate', 'How do I rotate keys?', 'Use the console.')"
+    )
     try:
         world.registry.apply(world.name, config)
         world.registry.wait_running(world.name, 60)
@@ -200,17 +229,25 @@ def test_snapshot_indexes_existing_rows(cdc):
 
 def test_insert_update_delete_propagate(cdc):
     new_body = "Debezium reads the write-ahead log. " * 30
-    cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body) VALUES (10, 'acme', 'New', %s)",
-            (new_body,))
+    cdc.sql(
+        "INSERT INTO {s}.articles (id, tenant, title, body) VALUES (10, 'acme', 'New', %s)",
+        (new_body,),
+    )
     cdc.sql("UPDATE {s}.articles SET body = 'Short now.' WHERE id = 1")
     cdc.sql("DELETE FROM {s}.articles WHERE id = 3")
     cdc.sql("INSERT INTO {s}.faq VALUES ('globex', 'sso', 'SSO?', NULL)")
     cdc.sql("UPDATE {s}.faq SET answer = 'Press the reset button.' WHERE slug = 'reset'")
     cdc.sql("DELETE FROM {s}.faq WHERE slug = 'rotate'")
-    cdc.wait_for("articles", lambda ev: has("c", id=10)(ev) and has("u", id=1)(ev)
-                 and (({"id": 3}, None) in ev))  # the delete's tombstone comes last
-    cdc.wait_for("faq", lambda ev: has("d", tenant="acme", slug="rotate")(ev)
-                 and has("c", tenant="globex", slug="sso")(ev))
+    cdc.wait_for(
+        "articles",
+        lambda ev: has("c", id=10)(ev) and has("u", id=1)(ev) and (({"id": 3}, None) in ev),
+    )  # the delete's tombstone comes last
+    cdc.wait_for(
+        "faq",
+        lambda ev: (
+            has("d", tenant="acme", slug="rotate")(ev) and has("c", tenant="globex", slug="sso")(ev)
+        ),
+    )
     cdc.run()
 
     (chunk,) = assert_indexed(cdc, f"{cdc.schema}.articles:1", "Compaction\n\nShort now.")
@@ -218,20 +255,27 @@ def test_insert_update_delete_propagate(cdc):
     assert_indexed(cdc, f"{cdc.schema}.articles:10", f"New\n\n{new_body}")
     assert_gone(cdc, f"{cdc.schema}.articles:3")
     assert_indexed(cdc, f"{cdc.schema}.faq:globex:sso", "SSO?", "text")
-    assert_indexed(cdc, f"{cdc.schema}.faq:acme:reset",
-                   "How do I reset?\n\nPress the reset button.", "text")
+    assert_indexed(
+        cdc, f"{cdc.schema}.faq:acme:reset", "How do I reset?\n\nPress the reset button.", "text"
+    )
     assert_gone(cdc, f"{cdc.schema}.faq:acme:rotate")
 
 
 def test_update_of_a_non_text_column_keeps_the_toasted_body(cdc):
     with psycopg.connect(cdc.dsn) as conn:  # the body really is stored out of line
-        toast = conn.execute("SELECT reltoastrelid::regclass FROM pg_class WHERE oid = %s"
-                             "::regclass", [f"{cdc.schema}.articles"]).fetchone()[0]
+        toast = conn.execute(
+            "SELECT reltoastrelid::regclass FROM pg_class WHERE oid = %s::regclass",
+            [f"{cdc.schema}.articles"],
+        ).fetchone()[0]
         assert conn.execute(f"SELECT count(*) FROM {toast}").fetchone()[0] > 0
     cdc.sql("UPDATE {s}.articles SET tags = '{toast,updated}' WHERE id = 2")
-    events = cdc.wait_for("articles", lambda ev: any(
-        k == {"id": 2} and v and v["op"] == "u" and "updated" in v["after"]["tags"]
-        for k, v in ev))
+    events = cdc.wait_for(
+        "articles",
+        lambda ev: any(
+            k == {"id": 2} and v and v["op"] == "u" and "updated" in v["after"]["tags"]
+            for k, v in ev
+        ),
+    )
     (update,) = [v for k, v in events if k == {"id": 2} and v and v["op"] == "u"]
     assert update["before"]["body"] == toast_body()  # what REPLICA IDENTITY FULL buys
     cdc.run()
@@ -255,8 +299,10 @@ def test_restarted_connector_resumes_without_loss_or_duplicates(cdc):
     cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body) VALUES (25, 'acme', 'T', 'B')")
     cdc.registry.restart(cdc.name, include_tasks=True)
     for i in range(20, 25):  # while the task stops and starts again
-        cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body)"
-                " VALUES (%s, 'acme', %s, %s)", (i, f"Doc {i}", f"Body of document {i}. " * 5))
+        cdc.sql(
+            "INSERT INTO {s}.articles (id, tenant, title, body) VALUES (%s, 'acme', %s, %s)",
+            (i, f"Doc {i}", f"Body of document {i}. " * 5),
+        )
     cdc.sql("UPDATE {s}.articles SET title = 'Restarted' WHERE id = 25")
     cdc.registry.wait_running(cdc.name, 60)
     cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body) VALUES (29, 'acme', 'S', 'End')")
@@ -265,8 +311,7 @@ def test_restarted_connector_resumes_without_loss_or_duplicates(cdc):
     events = cdc.wait_for("articles", has("c", id=29))
     for i in range(20, 25):
         assert sum(1 for k, v in events if k == {"id": i}) == 1
-    assert sum(1 for k, v in events if v and v["after"] and v["after"]["title"] == "Restarted"
-               ) == 1
+    assert sum(1 for k, v in events if v and v["after"] and v["after"]["title"] == "Restarted") == 1
     cdc.run()
     for i in range(20, 25):
         body = f"Body of document {i}. " * 5
@@ -279,7 +324,7 @@ def written_while_down(i: int) -> str:
 
 
 def test_a_killed_connect_worker_resumes_without_loss_or_regression(cdc, stack):
-    from streamrag.stack import pids, up
+    from streamrag.local.stack import pids, up
 
     cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body) VALUES (40, 'acme', 'T', 'B')")
     cdc.wait_for("articles", has("c", id=40))
@@ -287,8 +332,10 @@ def test_a_killed_connect_worker_resumes_without_loss_or_regression(cdc, stack):
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=30)
     for i in range(41, 45):  # committed while no worker runs
-        cdc.sql("INSERT INTO {s}.articles (id, tenant, title, body)"
-                " VALUES (%s, 'acme', %s, %s)", (i, f"Doc {i}", written_while_down(i)))
+        cdc.sql(
+            "INSERT INTO {s}.articles (id, tenant, title, body) VALUES (%s, 'acme', %s, %s)",
+            (i, f"Doc {i}", written_while_down(i)),
+        )
     cdc.sql("UPDATE {s}.articles SET title = 'Updated while down' WHERE id = 40")
     up(stack, ["connect"])
     cdc.registry.wait_running(cdc.name, 120)
@@ -307,17 +354,26 @@ def test_a_killed_connect_worker_resumes_without_loss_or_regression(cdc, stack):
 def test_transaction_straddling_the_snapshot_is_not_lost(cdc):
     """Open across the slot's consistent point, a transaction commits after the snapshot
     but wrote *below* the snapshot's LSN; its update must still beat the snapshot row."""
-    cdc.sql("INSERT INTO {s}.faq VALUES ('s', 'a', 'A?', 'a0'), ('s', 'b', 'B?', 'b0'),"
-            " ('s', 'c', 'C?', 'c0')")
+    cdc.sql(
+        "INSERT INTO {s}.faq VALUES ('s', 'a', 'A?', 'a0'), ('s', 'b', 'B?', 'b0'),"
+        " ('s', 'c', 'C?', 'c0')"
+    )
     name, slot, prefix = f"{cdc.name}-straddle", f"{cdc.slot}_straddle", f"straddle_{cdc.tag}"
     topic, key = f"{prefix}.{cdc.schema}.faq", {"tenant": "s", "slug": "c"}
-    config = {**cdc.config, "slot.name": slot, "topic.prefix": prefix,
-              "table.include.list": f"{cdc.schema}.faq"}
+    config = {
+        **cdc.config,
+        "slot.name": slot,
+        "topic.prefix": prefix,
+        "table.include.list": f"{cdc.schema}.faq",
+    }
     control, *txs = (psycopg.connect(cdc.dsn, autocommit=i == 0) for i in range(4))
 
     def reads(topic: str, key: dict) -> list:
-        return [m for m in cdc_records(cdc.pipeline.settings, topic)
-                if m.value and json.loads(m.key) == key]
+        return [
+            m
+            for m in cdc_records(cdc.pipeline.settings, topic)
+            if m.value and json.loads(m.key) == key
+        ]
 
     def update(tx: psycopg.Connection, slug: str) -> None:
         tx.execute(f"UPDATE {cdc.schema}.faq SET answer = %s WHERE slug = %s", [slug + "1", slug])
@@ -328,9 +384,14 @@ def test_transaction_straddling_the_snapshot_is_not_lost(cdc):
     try:
         update(txs[0], "a")  # slot creation waits for this transaction to end
         cdc.registry.apply(name, config)
-        poll(lambda: control.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event_type ="
-                                     " 'Lock' AND query LIKE 'CREATE_REPLICATION_SLOT%'"
-                                     ).fetchone(), 60, "the slot creation")
+        poll(
+            lambda: control.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type ="
+                " 'Lock' AND query LIKE 'CREATE_REPLICATION_SLOT%'"
+            ).fetchone(),
+            60,
+            "the slot creation",
+        )
         update(txs[1], "b")
         txs[0].commit()
         mark()  # full snapshot: transactions that start now are decoded whole
@@ -348,13 +409,19 @@ def test_transaction_straddling_the_snapshot_is_not_lost(cdc):
         drop_slot(cdc.dsn, slot)
         delete_topics(cdc.pipeline.settings, [topic, f"__debezium-heartbeat.{prefix}"])
     table = cdc.pipeline.settings.cdc.tables[cdc.topic("faq")]
-    snapshot, change = (parse_cdc_record(m.key, m.value, Origin(m.topic, m.partition, m.offset),
-                                         m.timestamp_ms, table) for m in messages)
+    snapshot, change = (
+        parse_cdc_record(
+            m.key, m.value, Origin(m.topic, m.partition, m.offset), m.timestamp_ms, table
+        )
+        for m in messages
+    )
     raw = [json.loads(m.value) for m in messages]
     assert [r["after"]["answer"] for r in raw] == ["c0", "c1"]
     assert raw[1]["source"]["lsn"] < raw[0]["source"]["lsn"]  # the LSN really goes back
-    state = DocState(snapshot.version, origin=(snapshot.origin.topic, snapshot.origin.partition,
-                                               snapshot.origin.offset))
+    state = DocState(
+        snapshot.version,
+        origin=(snapshot.origin.topic, snapshot.origin.partition, snapshot.origin.offset),
+    )
     assert not is_stale(state, change)
 
 
@@ -362,8 +429,11 @@ def test_wrong_password_is_one_clear_line(cdc, tmp_path: Path):
     secret = tmp_path / "wrong.properties"
     secret.write_text("password=not-the-password\n")
     name = f"{cdc.name}-badpw"
-    config = {**cdc.config, "slot.name": f"{cdc.slot}_badpw",
-              "database.password": f"${{file:{secret}:password}}"}
+    config = {
+        **cdc.config,
+        "slot.name": f"{cdc.slot}_badpw",
+        "database.password": f"${{file:{secret}:password}}",
+    }
     try:
         with pytest.raises(ConnectError) as err:
             cdc.registry.apply(name, config)  # Debezium validates the login on PUT
@@ -377,8 +447,11 @@ def test_wrong_password_is_one_clear_line(cdc, tmp_path: Path):
 
 def test_failed_task_is_reported_with_its_cause(cdc):
     name = f"{cdc.name}-nopub"
-    config = {**cdc.config, "slot.name": f"{cdc.slot}_nopub",
-              "publication.name": f"missing_{cdc.tag}"}
+    config = {
+        **cdc.config,
+        "slot.name": f"{cdc.slot}_nopub",
+        "publication.name": f"missing_{cdc.tag}",
+    }
     try:
         cdc.registry.apply(name, config)
         with pytest.raises(ConnectError) as err:
@@ -391,13 +464,20 @@ def test_failed_task_is_reported_with_its_cause(cdc):
 
 
 def test_migrate_applies_the_source_schema_once(stack):
-    migrate(stack)
-    assert migrate(stack) == []
+    apply_migrations(postgres_dsn(stack))
+    assert apply_migrations(postgres_dsn(stack)) == []
     with psycopg.connect(postgres_dsn(stack)) as conn:
-        identities = dict(conn.execute(
-            "SELECT relname, relreplident FROM pg_class WHERE relnamespace = 'kb'::regnamespace"
-            " AND relkind = 'r'").fetchall())
-        published = {r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_publication_tables WHERE pubname = 'streamrag_pub'")}
+        identities = dict(
+            conn.execute(
+                "SELECT relname, relreplident FROM pg_class WHERE relnamespace = 'kb'::regnamespace"
+                " AND relkind = 'r'"
+            ).fetchall()
+        )
+        published = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_publication_tables WHERE pubname = 'streamrag_pub'"
+            )
+        }
     assert identities == {"articles": "f", "faq": "d"}
     assert published == {"articles", "faq"}

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from streamrag import cluster
 from streamrag.config import load_settings
+from streamrag.local import cluster
 from tests.integration.conftest import make_pipeline
 
 pytestmark = pytest.mark.integration

@@ -30,9 +30,10 @@ from confluent_kafka import Consumer, TopicPartition
 
 from jobs.chunking.planner import chunk_id
 from jobs.chunking.stage import ChunkStage
-from jobs.embedding.model import model_fit_checker, resolve_model
-from streamrag import cluster, generations
+from streamrag import generations
 from streamrag.config import PROJECT_ROOT, Settings
+from streamrag.local import cluster
+from streamrag.models import resolve_model
 from streamrag.records import DocumentEvent, Origin
 from tests.integration.conftest import CLI, Pipeline
 
@@ -40,29 +41,36 @@ pytestmark = pytest.mark.integration
 
 FLINK_REST = f"http://127.0.0.1:{cluster.REST_PORT}"
 
-SENTENCE = ("Checkpoint barriers flow with the records, so the offsets and the keyed state "
-            "of one checkpoint describe the same point of the stream. ")
+SENTENCE = (
+    "Checkpoint barriers flow with the records, so the offsets and the keyed state "
+    "of one checkpoint describe the same point of the stream. "
+)
 
 
 def document(n: int, version: int, parts: int) -> dict:
-    text = "\n\n".join(f"## Part {i} of note {n}, v{version}\n\n{SENTENCE * 4}"
-                       for i in range(parts))
+    text = "\n\n".join(
+        f"## Part {i} of note {n}, v{version}\n\n{SENTENCE * 4}" for i in range(parts)
+    )
     return {"id": f"note-{n:02}", "text": text, "content_type": "markdown", "version": version}
 
 
 def expected_index(settings: Settings, docs: list[dict]) -> dict[str, tuple]:
     """What a clean run leaves for the latest version of each document."""
-    fits, max_len = model_fit_checker(resolve_model(settings.embedding.model))
-    stage = ChunkStage(settings.chunking, fits, max_len - 2)
+    stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
     latest: dict[str, dict] = {}
     for d in docs:
         if d["version"] >= latest.get(d["id"], d)["version"]:
             latest[d["id"]] = d
     out = {}
     for d in latest.values():
-        event = DocumentEvent(doc_id=d["id"], version=d["version"], source="t",
-                              origin=Origin("t", 0, 0), text=d["text"],
-                              content_type=d["content_type"])
+        event = DocumentEvent(
+            doc_id=d["id"],
+            version=d["version"],
+            source="t",
+            origin=Origin("t", 0, 0),
+            text=d["text"],
+            content_type=d["content_type"],
+        )
         for i, span in enumerate(stage.spans(event)):
             out[chunk_id(d["id"], i)] = (d["id"], d["version"], i, span.text)
     return out
@@ -73,19 +81,28 @@ def index_now(p: Pipeline) -> dict[str, tuple]:
         return {}
     store = p.store()
     try:
-        return {c.chunk_id: (c.doc_id, c.version, c.position, c.text)
-                for c in store.get(store.all_ids())}
+        return {
+            c.chunk_id: (c.doc_id, c.version, c.position, c.text)
+            for c in store.get(store.all_ids())
+        }
     finally:
         store.close()
 
 
 def committed_offsets(settings: Settings) -> int:
     """Sum of the offsets the job's consumer group has committed on the documents topic."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap,
-                         "group.id": settings.kafka.group_id, "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap,
+            "group.id": settings.kafka.group_id,
+            "enable.auto.commit": False,
+        }
+    )
     try:
-        parts = [TopicPartition(settings.kafka.documents_topic, p)
-                 for p in range(settings.kafka.partitions)]
+        parts = [
+            TopicPartition(settings.kafka.documents_topic, p)
+            for p in range(settings.kafka.partitions)
+        ]
         return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
     finally:
         consumer.close()
@@ -101,8 +118,14 @@ class Job:
     @classmethod
     def start(cls, p: Pipeline, log: Path) -> Job:
         with log.open("wb") as out:
-            proc = subprocess.Popen([CLI, "run"], env=p.env, cwd=PROJECT_ROOT, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [CLI, "run"],
+                env=p.env,
+                cwd=PROJECT_ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return cls(proc, log)
 
     def processes(self) -> list[psutil.Process]:
@@ -123,25 +146,43 @@ class Job:
             raise AssertionError(f"the local job ended:\n{tail}")
 
 
-def poll(condition: Callable[[], bool], what: str,
-         check: Callable[[], None] = lambda: None, timeout_s: float = 300) -> None:
+def poll(
+    condition: Callable[[], bool],
+    what: str,
+    check: Callable[[], None] = lambda: None,
+    timeout_s: float = 300,
+    interval_s: float = 0.3,
+) -> None:
     """Wait for ``condition``; ``check`` fails early when the job has died meanwhile."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         check()
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
+        time.sleep(interval_s)
 
 
-def crash_mid_way(p: Pipeline, want: dict[str, tuple], kill: Callable[[], None],
-                  check: Callable[[], None] = lambda: None) -> None:
-    """Once some but not all chunks of ``want`` are in the index, ``kill`` (part of) the job."""
+def crash_mid_way(
+    p: Pipeline,
+    want: dict[str, tuple],
+    kill: Callable[[], None],
+    check: Callable[[], None] = lambda: None,
+) -> None:
+    """Once some but not all chunks of ``want`` are in the index, ``kill`` (part of) the job.
+    Progress is read with one store kept open, every 0.1 s: a wave takes seconds."""
+    store = p.store()
+    try:
 
-    def done() -> int:
-        return len(want.items() & index_now(p).items())
+        def done() -> int:
+            stored = store.get(list(want))
+            return len(
+                want.items()
+                & {c.chunk_id: (c.doc_id, c.version, c.position, c.text) for c in stored}.items()
+            )
 
-    poll(lambda: done() > 0, "the first chunks of the wave", check)
-    assert done() < len(want), "the wave was indexed before the crash: make it larger"
+        poll(lambda: done() > 0, "the first chunks of the wave", check, interval_s=0.1)
+        assert done() < len(want), "the wave was indexed before the crash: make it larger"
+    finally:
+        store.close()
     kill()
 
 
@@ -165,10 +206,15 @@ def cluster_job(settings: Settings) -> Iterator[str]:
 
 
 def kill_task_manager_python_workers() -> None:
-    task_managers = [p for p in psutil.process_iter()
-                     if "TaskManagerRunner" in " ".join(p.cmdline())]
-    workers = [c for tm in task_managers for c in tm.children(recursive=True)
-               if "pyflink.fn_execution" in " ".join(c.cmdline())]
+    task_managers = [
+        p for p in psutil.process_iter() if "TaskManagerRunner" in " ".join(p.cmdline())
+    ]
+    workers = [
+        c
+        for tm in task_managers
+        for c in tm.children(recursive=True)
+        if "pyflink.fn_execution" in " ".join(c.cmdline())
+    ]
     assert workers, "no Python worker process under the TaskManager"
     for worker in workers:
         worker.send_signal(signal.SIGKILL)
@@ -182,18 +228,21 @@ def flink_job(job_id: str) -> tuple[str, int]:
 
 
 def test_after_a_crash_and_restore_the_index_equals_a_clean_run(
-        pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setattr(os, "environ", pipeline.env)  # flink run builds the job from it
     first = wave(1, parts=6, deleted=set())
     deleted = {"note-01", "note-03"}
-    second = wave(2, parts=4, deleted=deleted)  # every note shrinks; two are deleted
-    third = wave(3, parts=5, deleted=deleted)
+    second = wave(2, parts=5, deleted=deleted)  # every note shrinks; two are deleted
+    third = wave(3, parts=6, deleted=deleted)
 
     # 1. On the cluster, a Python worker dies: Flink restores offsets and keyed state.
     with cluster_job(pipeline.settings) as job_id:
         pipeline.produce_docs(first)
-        poll(lambda: committed_offsets(pipeline.settings) == len(first),
-             "a checkpoint after the first wave")
+        poll(
+            lambda: committed_offsets(pipeline.settings) == len(first),
+            "a checkpoint after the first wave",
+        )
         pipeline.produce_docs(second)
         pipeline.produce([(doc_id, None) for doc_id in sorted(deleted)])
         want = without(expected_index(pipeline.settings, first + second), deleted)

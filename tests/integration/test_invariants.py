@@ -9,7 +9,7 @@ import pytest
 
 from jobs.chunking.cleaning import clean
 from jobs.chunking.planner import content_hash
-from jobs.embedding.model import BUNDLED_MODEL_ID, model_fit_checker, resolve_model
+from streamrag.models import BUNDLED_MODEL_ID, ModelTokenizer, resolve_model
 
 pytestmark = pytest.mark.integration
 
@@ -17,8 +17,10 @@ pytestmark = pytest.mark.integration
 def sections(n: int, edited: int | None = None) -> str:
     out = []
     for i in range(n):
-        body = (f"Section {i} explains how stage {i} of the pipeline hands records on. "
-                "Every record carries its version, and the index keeps the newest one. ") * 4
+        body = (
+            f"Section {i} explains how stage {i} of the pipeline hands records on. "
+            "Every record carries its version, and the index keeps the newest one. "
+        ) * 4
         if i == edited:
             body += "This paragraph was edited to say something new about checkpoints."
         out.append(f"## Section {i}\n\n{body}")
@@ -28,13 +30,22 @@ def sections(n: int, edited: int | None = None) -> str:
 def embedded_records(pipeline, doc_id: str, version: int) -> list[dict]:
     topic = pipeline.settings.kafka.embeddings_topic
     records = [json.loads(m.value) for m in pipeline.topic(topic)]
-    return [r for r in records if r["chunk"]["doc_id"] == doc_id
-            and r["chunk"]["version"] == version and r["chunk"]["op"] == "upsert"]
+    return [
+        r
+        for r in records
+        if r["chunk"]["doc_id"] == doc_id
+        and r["chunk"]["version"] == version
+        and r["chunk"]["op"] == "upsert"
+    ]
 
 
 def test_versions_never_go_backwards(pipeline):
-    pipeline.produce_docs([{"id": "v", "text": "Version ten of the text.", "version": 10},
-                           {"id": "v", "text": "Version five, late.", "version": 5}])
+    pipeline.produce_docs(
+        [
+            {"id": "v", "text": "Version ten of the text.", "version": 10},
+            {"id": "v", "text": "Version five, late.", "version": 5},
+        ]
+    )
     pipeline.run()
     # A later job without the first job's state gets an even older version.
     pipeline.produce_docs([{"id": "v", "text": "Version three, replayed.", "version": 3}])
@@ -47,8 +58,9 @@ def test_versions_never_go_backwards(pipeline):
 
 
 def test_an_update_neither_flickers_nor_re_embeds_unchanged_chunks(pipeline):
-    pipeline.produce_docs([{"id": "d", "text": sections(6), "content_type": "markdown",
-                            "version": 1}])
+    pipeline.produce_docs(
+        [{"id": "d", "text": sections(6), "content_type": "markdown", "version": 1}]
+    )
     pipeline.run()
     store = pipeline.store()
     before = {c.chunk_id: c.content_hash for c in store.get(store.doc_chunk_ids("d"))}
@@ -67,8 +79,9 @@ def test_an_update_neither_flickers_nor_re_embeds_unchanged_chunks(pipeline):
 
     reader = threading.Thread(target=watch)
     reader.start()
-    pipeline.produce_docs([{"id": "d", "text": sections(6, edited=3),
-                            "content_type": "markdown", "version": 2}])
+    pipeline.produce_docs(
+        [{"id": "d", "text": sections(6, edited=3), "content_type": "markdown", "version": 2}]
+    )
     pipeline.run()
     stop.set()
     reader.join()
@@ -86,18 +99,29 @@ def test_every_stored_chunk_is_traceable_and_fits_the_model(pipeline):
     text = "# Guide\n\n" + "\n\n".join(
         f"Paragraph {i}: Flink checkpoints store Kafka offsets with keyed state; "
         f"identifiers like kafka.consumer.max_poll_records_{i} and 0x{i:08x} are dense. " * 6
-        for i in range(12))
-    pipeline.produce_docs([{"id": "t", "text": text, "content_type": "markdown",
-                            "title": "Guide", "metadata": {"tenant": "acme"}, "version": 4}])
+        for i in range(12)
+    )
+    pipeline.produce_docs(
+        [
+            {
+                "id": "t",
+                "text": text,
+                "content_type": "markdown",
+                "title": "Guide",
+                "metadata": {"tenant": "acme"},
+                "version": 4,
+            }
+        ]
+    )
     pipeline.run()
 
     store = pipeline.store()
     chunks = sorted(store.get(store.doc_chunk_ids("t")), key=lambda c: c.position)
     cleaned = clean(text, "markdown")
-    fits, _ = model_fit_checker(resolve_model("bundled"))
+    fits = ModelTokenizer(resolve_model("bundled")).fits
     assert [c.position for c in chunks] == list(range(len(chunks))) and len(chunks) > 3
     for c in chunks:
-        assert cleaned[c.start:c.end] == c.text
+        assert cleaned[c.start : c.end] == c.text
         assert c.content_hash == content_hash(c.text)
         assert (c.doc_id, c.version, c.title) == ("t", 4, "Guide")
         assert c.metadata == {"tenant": "acme"}

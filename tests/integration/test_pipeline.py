@@ -8,14 +8,16 @@ import pytest
 
 from jobs.chunking.planner import chunk_id
 from jobs.chunking.stage import ChunkStage
-from jobs.embedding.model import model_fit_checker, resolve_model
+from streamrag.models import resolve_model
 from streamrag.records import DocumentEvent, Origin
 
 pytestmark = pytest.mark.integration
 
-PARAGRAPH = ("Kafka keeps the latest record for every key when log compaction is on. "
-             "The cleaner thread rewrites old segments and drops records that a newer one "
-             "with the same key has replaced. ")
+PARAGRAPH = (
+    "Kafka keeps the latest record for every key when log compaction is on. "
+    "The cleaner thread rewrites old segments and drops records that a newer one "
+    "with the same key has replaced. "
+)
 
 
 def doc(doc_id: str, paragraphs: int, word: str = "alpha", **extra: object) -> dict:
@@ -24,11 +26,15 @@ def doc(doc_id: str, paragraphs: int, word: str = "alpha", **extra: object) -> d
 
 
 def expected_ids(settings, document: dict) -> set[str]:
-    fits, max_len = model_fit_checker(resolve_model(settings.embedding.model))
-    stage = ChunkStage(settings.chunking, fits, max_len - 2)
-    event = DocumentEvent(doc_id=document["id"], version=1, source="t",
-                          origin=Origin("t", 0, 0), text=document["text"],
-                          content_type=document["content_type"])
+    stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
+    event = DocumentEvent(
+        doc_id=document["id"],
+        version=1,
+        source="t",
+        origin=Origin("t", 0, 0),
+        text=document["text"],
+        content_type=document["content_type"],
+    )
     return {chunk_id(document["id"], i) for i in range(len(stage.spans(event)))}
 
 
@@ -60,8 +66,9 @@ def test_update_replaces_chunks_and_deletes_remove_them(pipeline):
     assert sorted(store.doc_chunk_ids("a")) == sorted(old_ids)
 
     shorter = doc("a", 2, "omega")
-    pipeline.produce([("a", json.dumps(shorter)), ("b", None),
-                      ("c", json.dumps({"id": "c", "deleted": True}))])
+    pipeline.produce(
+        [("a", json.dumps(shorter)), ("b", None), ("c", json.dumps({"id": "c", "deleted": True}))]
+    )
     # Created and deleted within one millisecond: equal versions, ordered by offset.
     pipeline.produce([("e", json.dumps(doc("e", 1))), ("e", None)], timestamp_ms=1_700_000_000_000)
     pipeline.run()
@@ -77,11 +84,13 @@ def test_update_replaces_chunks_and_deletes_remove_them(pipeline):
 
 
 def test_bad_records_go_to_dead_letters_and_the_job_goes_on(pipeline):
-    pipeline.produce([
-        ("x", "this is not json"),
-        ("y", json.dumps({"text": "no id here"})),
-        ("z", json.dumps(doc("z", 1))),
-    ])
+    pipeline.produce(
+        [
+            ("x", "this is not json"),
+            ("y", json.dumps({"text": "no id here"})),
+            ("z", json.dumps(doc("z", 1))),
+        ]
+    )
     pipeline.run()
 
     letters = {d["key"]: d for d in pipeline.dead_letters()}

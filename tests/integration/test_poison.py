@@ -18,14 +18,16 @@ import pytest
 
 from jobs.chunking.planner import chunk_id
 from jobs.chunking.stage import ChunkStage
-from jobs.embedding.model import resolve_model
+from streamrag.models import resolve_model
 from streamrag.records import DocumentEvent, Origin
 from tests.integration.conftest import make_pipeline
 
 pytestmark = pytest.mark.integration
 
-PARAGRAPH = ("Log compaction keeps the latest record of every key, so a topic can serve as "
-             "the source of truth for a table that changes. ")
+PARAGRAPH = (
+    "Log compaction keeps the latest record of every key, so a topic can serve as "
+    "the source of truth for a table that changes. "
+)
 
 
 def good(doc_id: str, topic: str, version: int = 1, **extra: object) -> dict:
@@ -44,18 +46,29 @@ def as_record(doc: dict) -> tuple[str, bytes]:
 
 # (kafka key, value, stage, what the reason names)
 POISON = [
-    ("long-id", json.dumps({"id": "x" * 1500, "text": "t"}).encode(), "normalize",
-     "doc_id_bytes=1024"),
-    ("btree-id", json.dumps({"id": "y" * 10_000, "text": "t"}).encode(), "normalize",
-     "doc_id_bytes=1024"),
+    (
+        "long-id",
+        json.dumps({"id": "x" * 1500, "text": "t"}).encode(),
+        "normalize",
+        "doc_id_bytes=1024",
+    ),
+    (
+        "btree-id",
+        json.dumps({"id": "y" * 10_000, "text": "t"}).encode(),
+        "normalize",
+        "doc_id_bytes=1024",
+    ),
     as_record(good("long-title", "titles", title="T" * 3000)) + ("normalize", "title_bytes"),
     as_record(good("big-version", "versions", version=2**64)) + ("normalize", "version_max"),
-    ("sur-text", b'{"id": "sur-text", "text": "lone \\ud800 surrogate"}', "normalize",
-     "valid_unicode"),
+    (
+        "sur-text",
+        b'{"id": "sur-text", "text": "lone \\ud800 surrogate"}',
+        "normalize",
+        "valid_unicode",
+    ),
     ("sur-id", b'{"id": "sur\\udfff-id", "text": "t"}', "normalize", "valid_unicode"),
     raw("sur-meta", '"metadata": {"lang": "\\ud83d"}') + ("normalize", "valid_unicode"),
-    ("nul-id", json.dumps({"id": "nul\x00id", "text": "t"}).encode(), "normalize",
-     "valid_unicode"),
+    ("nul-id", json.dumps({"id": "nul\x00id", "text": "t"}).encode(), "normalize", "valid_unicode"),
     as_record(good("nul-meta", "nul", metadata={"k": "a\x00b"})) + ("normalize", "valid_unicode"),
     raw("nan-meta", '"metadata": {"score": NaN}') + ("normalize", "finite_numbers"),
     raw("inf-meta", '"metadata": {"score": -Infinity}') + ("normalize", "finite_numbers"),
@@ -66,11 +79,22 @@ POISON = [
     + ("normalize", "metadata_depth"),
     raw("deep-json", '"metadata": {"d": ' + "[" * 100_000 + "]" * 100_000 + "}")
     + ("normalize", "json_nesting"),
-    as_record({"id": "deep-md", "content_type": "markdown",
-               "text": "\n".join(">" * d + f" level {d}" for d in range(1, 90))})
+    as_record(
+        {
+            "id": "deep-md",
+            "content_type": "markdown",
+            "text": "\n".join(">" * d + f" level {d}" for d in range(1, 90)),
+        }
+    )
     + ("chunk", "markdown_nesting"),
-    as_record({"id": "deep-html", "content_type": "html",
-               "text": "<div>" * 10_100 + "deep" + "</div>" * 10_100}) + ("chunk", "html_depth"),
+    as_record(
+        {
+            "id": "deep-html",
+            "content_type": "html",
+            "text": "<div>" * 10_100 + "deep" + "</div>" * 10_100,
+        }
+    )
+    + ("chunk", "html_depth"),
     as_record({"id": "one-word", "text": "x" * 200_000}) + ("chunk", "no indexable text"),
 ]
 
@@ -79,19 +103,29 @@ ACCEPTED = [
     good("plain-2", "Checkpoints", metadata={"lang": "en", "n": 2**63 - 1}),
     good("nul-title", "Titles", title="Intro\x00duction"),
     {"id": "nul-text", "text": "Before\x00after. " + PARAGRAPH},
-    {"id": "cdata", "content_type": "html",
-     "text": f"<p>{PARAGRAPH}</p><![CDATA[hidden cdata words]]><p>Closing words.</p>"},
-    {"id": "quotes-20", "content_type": "markdown",
-     "text": "\n".join(">" * d + f" quoted level {d}" for d in range(1, 21))},
-    {"id": "lists-10", "content_type": "markdown",
-     "text": "\n".join("  " * d + f"- list item {d}" for d in range(10))},
+    {
+        "id": "cdata",
+        "content_type": "html",
+        "text": f"<p>{PARAGRAPH}</p><![CDATA[hidden cdata words]]><p>Closing words.</p>",
+    },
+    {
+        "id": "quotes-20",
+        "content_type": "markdown",
+        "text": "\n".join(">" * d + f" quoted level {d}" for d in range(1, 21)),
+    },
+    {
+        "id": "lists-10",
+        "content_type": "markdown",
+        "text": "\n".join("  " * d + f"- list item {d}" for d in range(10)),
+    },
     {"id": "some-junk", "text": PARAGRAPH * 4 + "\n\n" + "z" * 4000 + "\n\n" + PARAGRAPH * 4},
 ]
 
 
 @pytest.mark.parametrize("store_kind", ["milvus", "pgvector"])
-def test_poison_records_go_to_dead_letters_and_nothing_valid_is_lost(stack, store_kind,
-                                                                      tmp_path: Path):
+def test_poison_records_go_to_dead_letters_and_nothing_valid_is_lost(
+    stack, store_kind, tmp_path: Path
+):
     p = make_pipeline(stack, store_kind)
     p.env["FLINK_LOG_DIR"] = str(tmp_path)  # to read the job's own log afterwards
     ordered_v1, ordered_v3 = good("ordered", "Ordering"), good("ordered", "Ordering v3", 3)
@@ -132,8 +166,9 @@ def test_poison_records_go_to_dead_letters_and_nothing_valid_is_lost(stack, stor
         assert titled.title == "Intro duction"
         texts = {c.doc_id: c.text for c in store.get(store.all_ids())}
         assert "hidden cdata" not in texts["cdata"] and "\x00" not in texts["nul-text"]
-        assert "quoted level 20" in " ".join(c.text for c in store.get(
-            store.doc_chunk_ids("quotes-20")))
+        assert "quoted level 20" in " ".join(
+            c.text for c in store.get(store.doc_chunk_ids("quotes-20"))
+        )
     finally:
         store.close()
 
@@ -142,9 +177,14 @@ def expected_index(settings, docs: list[dict]) -> dict[str, tuple]:
     stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
     out = {}
     for d in docs:
-        event = DocumentEvent(doc_id=d["id"], version=d.get("version", 0), source="t",
-                              origin=Origin("t", 0, 0), text=d["text"],
-                              content_type=d.get("content_type", "text"))
+        event = DocumentEvent(
+            doc_id=d["id"],
+            version=d.get("version", 0),
+            source="t",
+            origin=Origin("t", 0, 0),
+            text=d["text"],
+            content_type=d.get("content_type", "text"),
+        )
         for i, span in enumerate(stage.spans(event)):
             out[chunk_id(d["id"], i)] = (d["id"], d.get("version"), i, span.text)
     return out
@@ -156,8 +196,9 @@ def index_of(p) -> dict[str, tuple]:
     versioned = {d["id"] for d in [*ACCEPTED] if "version" in d} | {"ordered", "held"}
     store = p.store()
     try:
-        return {c.chunk_id: (c.doc_id, c.version if c.doc_id in versioned else None,
-                             c.position, c.text)
-                for c in store.get(store.all_ids())}
+        return {
+            c.chunk_id: (c.doc_id, c.version if c.doc_id in versioned else None, c.position, c.text)
+            for c in store.get(store.all_ids())
+        }
     finally:
         store.close()

@@ -15,19 +15,21 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from jobs.replay import VerificationError
+from jobs.indexing.log import VerificationError
+from jobs.replay.driver import full_replay, rematerialize
 from streamrag import generations
 from streamrag.config import Settings
 from streamrag.generations import GenerationError
 from streamrag.records import ChunkRecord, EmbeddingRecord
-from streamrag.replay_cli import full_replay, rematerialize
 from streamrag.stores.base import StoredChunk, VectorStore
 from tests.integration.conftest import Pipeline, make_pipeline
 
 pytestmark = pytest.mark.integration
 
-PARAGRAPH = ("A compacted topic keeps the latest record of every key, so a consumer that "
-             "starts from the earliest offset rebuilds the current state of every document. ")
+PARAGRAPH = (
+    "A compacted topic keeps the latest record of every key, so a consumer that "
+    "starts from the earliest offset rebuilds the current state of every document. "
+)
 
 
 def doc(doc_id: str, parts: int, word: str, version: int) -> dict:
@@ -56,8 +58,20 @@ def assert_same_index(got: dict[str, StoredChunk], want: dict[str, StoredChunk])
     assert sorted(got) == sorted(want)
     for chunk_id, w in want.items():
         g = got[chunk_id]
-        fields = ("doc_id", "version", "position", "start", "end", "text", "content_hash",
-                  "source", "title", "metadata", "model_id", "source_ts_ms")
+        fields = (
+            "doc_id",
+            "version",
+            "position",
+            "start",
+            "end",
+            "text",
+            "content_hash",
+            "source",
+            "title",
+            "metadata",
+            "model_id",
+            "source_ts_ms",
+        )
         assert {f: getattr(g, f) for f in fields} == {f: getattr(w, f) for f in fields}
         np.testing.assert_allclose(g.vector, w.vector, atol=1e-6)
 
@@ -65,8 +79,21 @@ def assert_same_index(got: dict[str, StoredChunk], want: dict[str, StoredChunk])
 def corrupt(store: VectorStore, chunk: StoredChunk, text: str) -> None:
     """Overwrite a chunk's text in place (same version: the store accepts it)."""
     c = chunk
-    record = ChunkRecord(c.chunk_id, c.doc_id, c.version, "upsert", c.position, c.start, c.end,
-                         text, c.content_hash, c.source, c.title, c.metadata, c.source_ts_ms)
+    record = ChunkRecord(
+        c.chunk_id,
+        c.doc_id,
+        c.version,
+        "upsert",
+        c.position,
+        c.start,
+        c.end,
+        text,
+        c.content_hash,
+        c.source,
+        c.title,
+        c.metadata,
+        c.source_ts_ms,
+    )
     store.upsert([EmbeddingRecord(record, c.model_id, c.vector)])
     store.flush()
 
@@ -160,8 +187,8 @@ def test_failed_verification_leaves_the_old_generation_serving(ingested: Pipelin
 
 
 def test_retriever_uses_the_serving_generations_model(ingested: Pipeline):
-    from jobs.embedding.model import BUNDLED_MODEL_ID
-    from streamrag.query import Retriever, serving_model
+    from streamrag.models import BUNDLED_MODEL_ID
+    from streamrag.retrieval import Retriever, serving_model
 
     settings = ingested.settings
     assert serving_model(settings).model_id == BUNDLED_MODEL_ID
@@ -187,7 +214,7 @@ def second_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     pooling, saved as a local sentence-transformers model. Same size, other vectors."""
     from sentence_transformers import SentenceTransformer, models
 
-    from jobs.embedding.model import load_model, resolve_model
+    from streamrag.models import load_model, resolve_model
 
     transformer = load_model(resolve_model("bundled"))[0]
     pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="max")
@@ -197,10 +224,11 @@ def second_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def test_a_full_replay_with_another_model_switches_searches_to_it(ingested: Pipeline,
-                                                                  second_model: str):
-    from jobs.embedding.model import ModelRef, load_model, model_fit_checker
-    from streamrag.query import Retriever
+def test_a_full_replay_with_another_model_switches_searches_to_it(
+    ingested: Pipeline, second_model: str
+):
+    from streamrag.models import ModelRef, ModelTokenizer, load_model
+    from streamrag.retrieval import Retriever
 
     settings = ingested.settings
     before = generations.serving(settings)
@@ -214,7 +242,9 @@ def test_a_full_replay_with_another_model_switches_searches_to_it(ingested: Pipe
         assert {c.model_id for c in got.values()} == {second_model}
         probe = got[sorted(got)[0]]
         model = load_model(ModelRef(second_model, second_model))
-        assert model_fit_checker(ModelRef(second_model, second_model))[1] == model.max_seq_length
+        assert (
+            ModelTokenizer(ModelRef(second_model, second_model)).max_length == model.max_seq_length
+        )
         want = model.encode([probe.text], normalize_embeddings=True)[0]
         np.testing.assert_allclose(probe.vector, want, atol=1e-4)  # re-embedded by it
         assert not np.allclose(probe.vector, old[probe.chunk_id].vector, atol=1e-2)
@@ -261,8 +291,8 @@ def test_full_replay_rebuilds_through_new_topics(ingested: Pipeline):
 
 
 def test_catch_up_and_verify_rebuild_from_the_log_without_flink(ingested: Pipeline):
-    from jobs.replay import LogState, verify
-    from streamrag.replay_cli import catch_up
+    from jobs.indexing.log import LogState, verify
+    from jobs.replay.driver import catch_up
 
     settings = ingested.settings
     name = generations.create_generation(settings, "m", 384)

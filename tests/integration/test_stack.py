@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from streamrag.config import load_settings
-from streamrag.stack import SERVICE_NAMES, pids, postgres_dsn, status, up
+from streamrag.local.stack import SERVICE_NAMES, pids, postgres_dsn, status, up
 
 pytestmark = pytest.mark.integration
 
@@ -54,9 +54,9 @@ def test_connect_lists_postgres_connector(settings):
 def test_a_missing_topic_is_one_clear_error_at_once(settings):
     import time
 
-    from streamrag.kafka import TopicMissing, read_topic
+    from streamrag.kafka import TopicMissing, read_log
 
     start = time.monotonic()
     with pytest.raises(TopicMissing, match="topic no-such-topic-here does not exist"):
-        list(read_topic(settings, "no-such-topic-here"))
+        list(read_log(settings, "no-such-topic-here"))
     assert time.monotonic() - start < 10  # not retried as if a leader were being elected

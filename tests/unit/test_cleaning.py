@@ -118,8 +118,10 @@ def test_cleaning_is_deterministic_and_idempotent():
 
 
 def test_cdata_comments_and_declarations_are_not_text():
-    html = ("<!DOCTYPE html><p>Kept.</p><![CDATA[hidden data]]><!-- a comment -->"
-            "<?php echo 1; ?><p>Also kept.</p>")
+    html = (
+        "<!DOCTYPE html><p>Kept.</p><![CDATA[hidden data]]><!-- a comment -->"
+        "<?php echo 1; ?><p>Also kept.</p>"
+    )
 
     assert clean(html, "html") == "Kept.\n\nAlso kept."
 

@@ -22,8 +22,10 @@ def test_query_with_an_invalid_utf8_filter_fails_with_one_line(option):
 
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "streamrag: error: filter " + option.decode()[2:].replace("-", "_")
-        + ": the value is not valid Unicode ('caf\\udce9')"]
+        "streamrag: error: filter "
+        + option.decode()[2:].replace("-", "_")
+        + ": the value is not valid Unicode ('caf\\udce9')"
+    ]
 
 
 def test_query_with_a_bad_metadata_key_fails_with_one_line():

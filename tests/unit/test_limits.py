@@ -30,30 +30,35 @@ def rejected(value: bytes | str) -> LimitExceeded:
     return info.value
 
 
-@pytest.mark.parametrize(("value", "limit"), [
-    (doc(id="x" * 1025), "doc_id_bytes=1024"),
-    (doc(id="é" * 513), "doc_id_bytes=1024"),  # 1,026 bytes: the limit counts UTF-8 bytes
-    (doc(id="x" * 10_000), "doc_id_bytes=1024"),
-    (doc(title="t" * 2049), "title_bytes=2048"),
-    (doc(version=2**63), "version_max"),
-    (doc(version=2**64 + 5), "version_max"),
-    (doc(metadata={"big": "m" * 70_000}), "metadata_bytes=65536"),
-    (doc(metadata={"n": 2**70}), "metadata_int64"),
-    (doc(metadata={"n": -(2**63) - 1}), "metadata_int64"),
-    (doc(metadata={"d": json.loads("[" * 20 + "]" * 20)}), "metadata_depth=16"),
-    (doc(metadata={"k": "a\x00b"}), "valid_unicode"),
-    (doc(metadata={"a\x00": "b"}), "valid_unicode"),
-    (doc(id="a\x00b"), "valid_unicode"),
-    (doc(id="line\nbreak"), "valid_unicode"),
-    ('{"id": "a", "text": "bad \\ud800 text"}', "valid_unicode"),
-    ('{"id": "a\\udfff", "text": "t"}', "valid_unicode"),
-    ('{"id": "a", "text": "t", "metadata": {"k": "\\ud83d"}}', "valid_unicode"),
-    ('{"id": "a", "text": "t", "title": "\\ud800"}', "valid_unicode"),
-    ('{"id": "a", "text": "t", "metadata": {"x": NaN}}', "finite_numbers"),
-    ('{"id": "a", "text": "t", "metadata": {"x": -Infinity}}', "finite_numbers"),
-    ('{"id": "a", "text": "t", "metadata": ' + "[" * 100_000 + "]" * 100_000 + "}",
-     "json_nesting"),
-])
+@pytest.mark.parametrize(
+    ("value", "limit"),
+    [
+        (doc(id="x" * 1025), "doc_id_bytes=1024"),
+        (doc(id="é" * 513), "doc_id_bytes=1024"),  # 1,026 bytes: the limit counts UTF-8 bytes
+        (doc(id="x" * 10_000), "doc_id_bytes=1024"),
+        (doc(title="t" * 2049), "title_bytes=2048"),
+        (doc(version=2**63), "version_max"),
+        (doc(version=2**64 + 5), "version_max"),
+        (doc(metadata={"big": "m" * 70_000}), "metadata_bytes=65536"),
+        (doc(metadata={"n": 2**70}), "metadata_int64"),
+        (doc(metadata={"n": -(2**63) - 1}), "metadata_int64"),
+        (doc(metadata={"d": json.loads("[" * 20 + "]" * 20)}), "metadata_depth=16"),
+        (doc(metadata={"k": "a\x00b"}), "valid_unicode"),
+        (doc(metadata={"a\x00": "b"}), "valid_unicode"),
+        (doc(id="a\x00b"), "valid_unicode"),
+        (doc(id="line\nbreak"), "valid_unicode"),
+        ('{"id": "a", "text": "bad \\ud800 text"}', "valid_unicode"),
+        ('{"id": "a\\udfff", "text": "t"}', "valid_unicode"),
+        ('{"id": "a", "text": "t", "metadata": {"k": "\\ud83d"}}', "valid_unicode"),
+        ('{"id": "a", "text": "t", "title": "\\ud800"}', "valid_unicode"),
+        ('{"id": "a", "text": "t", "metadata": {"x": NaN}}', "finite_numbers"),
+        ('{"id": "a", "text": "t", "metadata": {"x": -Infinity}}', "finite_numbers"),
+        (
+            '{"id": "a", "text": "t", "metadata": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            "json_nesting",
+        ),
+    ],
+)
 def test_a_record_that_breaks_a_limit_is_rejected_naming_it(value, limit):
     error = rejected(value)
     assert f"(limit {limit}" in str(error)
@@ -66,9 +71,19 @@ def test_a_reason_never_carries_the_bad_characters_themselves():
 
 
 def test_values_at_the_limits_are_accepted():
-    event = normalize(doc(id="x" * 1024, title="t" * 2048, version=2**63 - 1,
-                          metadata={"n": 2**63 - 1, "m": -(2**63), "f": 1.5,
-                                    "deep": json.loads("[" * 14 + "]" * 14)}))
+    event = normalize(
+        doc(
+            id="x" * 1024,
+            title="t" * 2048,
+            version=2**63 - 1,
+            metadata={
+                "n": 2**63 - 1,
+                "m": -(2**63),
+                "f": 1.5,
+                "deep": json.loads("[" * 14 + "]" * 14),
+            },
+        )
+    )
     assert event is not None and event.version == 2**63 - 1
 
 
@@ -91,11 +106,15 @@ def test_cdc_events_are_checked_too():
     from streamrag.config import CdcTableConfig
 
     table = CdcTableConfig(id_columns=["id"], text_columns=["body"])
-    value = {"op": "c", "after": {"id": "x" * 2000, "body": "text"},
-             "source": {"schema": "kb", "table": "t", "lsn": 5}}
+    value = {
+        "op": "c",
+        "after": {"id": "x" * 2000, "body": "text"},
+        "source": {"schema": "kb", "table": "t", "lsn": 5},
+    }
     with pytest.raises(LimitExceeded, match="doc_id_bytes"):
-        normalize_record(b"k", json.dumps(value).encode(), Origin("cdc.kb.t", 0, 1), 1,
-                         {"cdc.kb.t": table})
+        normalize_record(
+            b"k", json.dumps(value).encode(), Origin("cdc.kb.t", 0, 1), 1, {"cdc.kb.t": table}
+        )
 
 
 def test_every_limit_has_a_unique_name_and_a_reason():
@@ -107,10 +126,20 @@ def test_every_limit_has_a_unique_name_and_a_reason():
 def test_records_derived_from_a_record_at_every_limit_fit_their_topics():
     # The largest chunk and embedding records a checked event can produce.
     chunk = ChunkRecord(
-        chunk_id="0" * 36, doc_id="é" * 512, version=2**63 - 1, op="upsert",
-        position=2**31, start=2**31, end=2**31, text="\u4e00" * (65_535 // 3),
-        content_hash="h" * 32, source="s" * 512, title="t" * 2048,
-        metadata={"m": "\u4e00" * (65_000 // 3)}, source_ts_ms=2**62)
+        chunk_id="0" * 36,
+        doc_id="é" * 512,
+        version=2**63 - 1,
+        op="upsert",
+        position=2**31,
+        start=2**31,
+        end=2**31,
+        text="\u4e00" * (65_535 // 3),
+        content_hash="h" * 32,
+        source="s" * 512,
+        title="t" * 2048,
+        metadata={"m": "\u4e00" * (65_000 // 3)},
+        source_ts_ms=2**62,
+    )
     embedding = EmbeddingRecord(chunk, "m" * 512, [-1.2345678e-30] * 4096, embedded=True)
     for record in (chunk, embedding):
         limits.topic_record_size(record.to_json(), "record")
@@ -122,6 +151,13 @@ def test_an_oversized_derived_record_is_rejected_naming_the_topic_limit():
 
 
 def test_check_event_leaves_a_valid_event_untouched():
-    event = DocumentEvent(doc_id="a", version=1, source="documents", origin=ORIGIN, text="t",
-                          title="T", metadata={"lang": "en"})
+    event = DocumentEvent(
+        doc_id="a",
+        version=1,
+        source="documents",
+        origin=ORIGIN,
+        text="t",
+        title="T",
+        metadata={"lang": "en"},
+    )
     assert limits.check_event(event) is event

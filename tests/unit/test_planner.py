@@ -30,11 +30,23 @@ def spans_of(*texts: str) -> list[Span]:
     return spans
 
 
-def event(version: int, *, partition: int = 0, offset: int = 0, deleted: bool = False,
-          title: str | None = None, doc_id: str = "guide/intro") -> DocumentEvent:
+def event(
+    version: int,
+    *,
+    partition: int = 0,
+    offset: int = 0,
+    deleted: bool = False,
+    title: str | None = None,
+    doc_id: str = "guide/intro",
+) -> DocumentEvent:
     return DocumentEvent(
-        doc_id=doc_id, version=version, source=TOPIC, origin=Origin(TOPIC, partition, offset),
-        text=None if deleted else "text", deleted=deleted, title=title,
+        doc_id=doc_id,
+        version=version,
+        source=TOPIC,
+        origin=Origin(TOPIC, partition, offset),
+        text=None if deleted else "text",
+        deleted=deleted,
+        title=title,
     )
 
 
@@ -238,8 +250,9 @@ def test_same_version_from_another_partition_is_stale():
 
 def test_same_version_same_partition_number_of_another_topic_is_stale():
     state = applied((event(5, partition=0, offset=10), spans_of("first")))
-    other = DocumentEvent(doc_id="guide/intro", version=5, source="cdc",
-                          origin=Origin("cdc", 0, 99), text="x")
+    other = DocumentEvent(
+        doc_id="guide/intro", version=5, source="cdc", origin=Origin("cdc", 0, 99), text="x"
+    )
 
     assert is_stale(state, other)
 

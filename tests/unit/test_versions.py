@@ -6,7 +6,7 @@ import tomllib
 import yaml
 
 from streamrag.config import PROJECT_ROOT
-from streamrag.versions import main, maven_properties, python_pins
+from streamrag.local.versions import main, maven_properties, python_pins
 
 
 def test_every_python_dependency_is_pinned_exactly():
@@ -26,8 +26,9 @@ def test_flink_and_its_kafka_connector_come_from_the_pyflink_pin():
     props = maven_properties()
     assert props["flink.version"] == python_pins()["apache-flink"]
     flink_minor = ".".join(props["flink.version"].split(".")[:2])
-    assert re.fullmatch(rf"\d+\.\d+\.\d+-{re.escape(flink_minor)}",
-                        props["flink-kafka-connector.version"])
+    assert re.fullmatch(
+        rf"\d+\.\d+\.\d+-{re.escape(flink_minor)}", props["flink-kafka-connector.version"]
+    )
 
 
 def test_the_k8s_deployment_names_the_same_flink():

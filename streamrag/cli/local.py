@@ -1,0 +1,64 @@
+"""`streamrag stack ...` and `streamrag cluster ...`: the local services and the local
+Flink cluster (streamrag.local), for development, tests and the demo."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from streamrag.cli.context import settings_of
+from streamrag.local import cluster, stack
+
+stack_app = typer.Typer(
+    no_args_is_help=True, help="Local services: Kafka, Connect, PostgreSQL, Milvus Lite."
+)
+cluster_app = typer.Typer(no_args_is_help=True, help="Local standalone Flink cluster (flink run).")
+
+
+@stack_app.command("up")
+def stack_up(
+    ctx: typer.Context,
+    services: Annotated[
+        list[str] | None,
+        typer.Argument(help=f"services to start (default all): {', '.join(stack.SERVICE_NAMES)}"),
+    ] = None,
+) -> None:
+    """Start services (idempotent) and wait until they are ready."""
+    stack.up(settings_of(ctx), services or None, echo=typer.echo)
+
+
+@stack_app.command("down")
+def stack_down(ctx: typer.Context) -> None:
+    """Stop every service of the stack."""
+    stack.down(settings_of(ctx), echo=typer.echo)
+
+
+@stack_app.command("status")
+def stack_status(ctx: typer.Context) -> None:
+    """One line per service: name, up/down, address, pid."""
+    for name, up, address, pid in stack.describe(settings_of(ctx)):
+        typer.echo(f"{name:<9} {'up' if up else 'down':<5} {address:<23} pid {pid or '-'}")
+
+
+@cluster_app.command("up")
+def cluster_up(ctx: typer.Context) -> None:
+    """Start the local JobManager and TaskManager (REST on 127.0.0.1:18081)."""
+    cluster.up(settings_of(ctx))
+    typer.echo(f"Flink cluster up: http://127.0.0.1:{cluster.REST_PORT}")
+
+
+@cluster_app.command("down")
+def cluster_down(ctx: typer.Context) -> None:
+    """Stop the local cluster."""
+    cluster.down(settings_of(ctx))
+
+
+@cluster_app.command("submit")
+def cluster_submit(
+    ctx: typer.Context,
+    bounded: Annotated[bool, typer.Option(help="Stop at the end of the topics.")] = False,
+    detached: Annotated[bool, typer.Option(help="Return once submitted.")] = False,
+) -> None:
+    """Submit the ingest job with `flink run -py jobs/pipeline.py`."""
+    cluster.submit(settings_of(ctx), ["--bounded"] if bounded else [], detached)

@@ -1,0 +1,110 @@
+"""`streamrag config|topics|produce|run|query|migrate`: the pipeline's own commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streamrag.cli.context import settings_of
+from streamrag.config import dump_settings
+
+app = typer.Typer()
+topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the pipeline.")
+app.add_typer(topics_app, name="topics")
+
+
+@app.command("config")
+def show_config(ctx: typer.Context) -> None:
+    """Print the effective configuration (YAML)."""
+    typer.echo(dump_settings(settings_of(ctx)), nl=False)
+
+
+@topics_app.command("create")
+def topics_create(ctx: typer.Context) -> None:
+    """Create the pipeline's topics (compacted; idempotent)."""
+    from streamrag.kafka import ensure_topics
+
+    created = ensure_topics(settings_of(ctx))
+    typer.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+@app.command()
+def produce(
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Argument(help="Folder of .md/.txt/.html files.")],
+    prefix: Annotated[str, typer.Option(help="Prefix for the document ids.")] = "",
+) -> None:
+    """Push a folder of documents to the documents topic (key = doc id)."""
+    from streamrag.produce import produce_folder
+
+    settings = settings_of(ctx)
+    n = produce_folder(settings, folder, prefix)
+    typer.echo(f"produced {n} documents to {settings.kafka.documents_topic}")
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    bounded: Annotated[
+        bool, typer.Option(help="Stop at the end of the topics as of the start (demo, tests).")
+    ] = False,
+) -> None:
+    """Run the ingest job with PyFlink local execution."""
+    from jobs.pipeline import build
+
+    build(settings_of(ctx), bounded).execute("streamrag-ingest")
+
+
+@app.command()
+def query(
+    ctx: typer.Context,
+    text: Annotated[str, typer.Argument(help="The question.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="How many chunks.")] = 5,
+    doc_id: Annotated[str | None, typer.Option(help="Only this document.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only this source topic/table.")] = None,
+    meta: Annotated[list[str] | None, typer.Option(help="Metadata filter key=value.")] = None,
+) -> None:
+    """Search the index and print the top chunks with score, doc id and text span."""
+    from streamrag.retrieval import Retriever, format_hit
+    from streamrag.stores.base import Filters
+
+    fields = {k_: v for k_, v in (("doc_id", doc_id), ("source", source)) if v is not None}
+    # Checked before the model loads: a bad value fails at once, with one line.
+    filters = Filters(fields, dict(_key_value(m) for m in meta or []))
+    retriever = Retriever(settings_of(ctx))
+    try:
+        hits = retriever.search(text, k, filters)
+    finally:
+        retriever.close()
+    if not hits:
+        typer.echo("no results")
+    for rank, hit in enumerate(hits, 1):
+        typer.echo(format_hit(rank, hit))
+
+
+@app.command()
+def migrate(
+    ctx: typer.Context,
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            help="libpq DSN of the source database, password from PGPASSWORD/PGPASSFILE "
+            "(default: the local stack's)."
+        ),
+    ] = None,
+) -> None:
+    """Create the CDC source schema (sql/source/*.sql, idempotent)."""
+    from streamrag.local.stack import postgres_dsn
+    from streamrag.migrate import apply_migrations
+
+    applied = apply_migrations(dsn or postgres_dsn(settings_of(ctx)))
+    typer.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"--meta must be key=value, got {item!r}")
+    return key, value

@@ -1,0 +1,52 @@
+"""The Milvus Lite server (the milvus-lite wheel), bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from streamrag.local.service import HOST, Service, port_open
+
+
+class Milvus(Service):
+    """The Milvus Lite gRPC server (pure Python) bound to 127.0.0.1."""
+
+    name = "milvus"
+    port_keys = ("milvus_port",)
+    stop_signal = signal.SIGINT  # KeyboardInterrupt: drains requests and closes the db
+
+    @property
+    def marker(self) -> str:
+        return f"--data-dir {self.home}"
+
+    def prepare(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-u", "-m", "milvus_lite", "server",
+            "--data-dir", str(self.home), "--host", HOST, "--port", str(self.ports[0]),
+        ]  # fmt: skip
+
+    def ready(self) -> bool:
+        if not port_open(self.ports[0]):
+            return False
+        from pymilvus import MilvusClient
+
+        # pymilvus logs every failed RPC at ERROR; a probe that fails is not an error.
+        pymilvus_log = logging.getLogger("pymilvus")
+        level, pymilvus_log.level = pymilvus_log.level, logging.CRITICAL
+        try:
+            client = MilvusClient(uri=f"http://{self.address}", timeout=5)
+            try:
+                # Not list_collections(): milvus-lite 3.2.2 answers it with a field that
+                # pymilvus 2.5's protos lack, so it always fails with pymilvus 2.5.x.
+                client.has_collection("_streamrag_probe", timeout=5)
+            finally:
+                client.close()
+            return True
+        except Exception:
+            return False
+        finally:
+            pymilvus_log.level = level
