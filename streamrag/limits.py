@@ -63,6 +63,11 @@ DOC_ID_BYTES: Final = Limit(
     " btree index on doc_id takes at most 2,704 bytes a row",
 )
 TITLE_BYTES: Final = Limit("title_bytes", 2048, "Milvus VARCHAR title column")
+HEADING_PATH_BYTES: Final = Limit(
+    "heading_path_bytes",
+    8192,
+    "Milvus VARCHAR heading_path column (headings are cut at 300 characters, so six levels fit)",
+)
 SOURCE_BYTES: Final = Limit("source_bytes", 512, "Milvus VARCHAR source column")
 MODEL_ID_BYTES: Final = Limit("model_id_bytes", 512, "Milvus VARCHAR model_id column")
 CHUNK_TEXT_BYTES: Final = Limit("chunk_text_bytes", 65_535, "Milvus VARCHAR text column")
@@ -104,6 +109,7 @@ FINITE_NUMBERS: Final = Rule("finite_numbers", "JSON and jsonb hold finite numbe
 ALL: Final = (
     DOC_ID_BYTES,
     TITLE_BYTES,
+    HEADING_PATH_BYTES,
     SOURCE_BYTES,
     MODEL_ID_BYTES,
     CHUNK_TEXT_BYTES,

@@ -1,7 +1,9 @@
-"""`produce`: push a folder of .md/.txt/.html files to the documents topic (key = doc id)."""
+"""`produce`: push a folder of .md/.txt/.html/.pdf files to the documents topic (key = doc
+id). A PDF travels as its bytes, base64-encoded, in the record's ``data`` field."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ CONTENT_TYPES = {
     ".txt": "text",
     ".html": "html",
     ".htm": "html",
+    ".pdf": "pdf",
 }
 
 
@@ -26,19 +29,18 @@ def document_records(folder: Path, prefix: str = "") -> Iterator[tuple[str, str]
         if content_type is None or not path.is_file():
             continue
         doc_id = prefix + path.relative_to(folder).as_posix()
-        text = path.read_text(encoding="utf-8", errors="replace")
-        yield (
-            doc_id,
-            json.dumps(
-                {
-                    "id": doc_id,
-                    "text": text,
-                    "content_type": content_type,
-                    "title": path.stem.replace("-", " ").replace("_", " "),
-                    "metadata": {"path": path.relative_to(folder).as_posix()},
-                }
-            ),
-        )
+        if content_type == "pdf":
+            content = {"data": base64.b64encode(path.read_bytes()).decode("ascii")}
+        else:
+            content = {"text": path.read_text(encoding="utf-8", errors="replace")}
+        record = {
+            "id": doc_id,
+            **content,
+            "content_type": content_type,
+            "title": path.stem.replace("-", " ").replace("_", " "),
+            "metadata": {"path": path.relative_to(folder).as_posix()},
+        }
+        yield doc_id, json.dumps(record)
 
 
 def produce_folder(settings: Settings, folder: Path, prefix: str = "") -> int:

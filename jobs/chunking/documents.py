@@ -3,6 +3,7 @@
 Wire format (value, UTF-8 JSON object; key = doc id):
     {"id": "guide/intro", "text": "...", "version": 7, "title": "...",
      "content_type": "text" | "markdown" | "html", "metadata": {...}, "deleted": false}
+    {"id": "manual.pdf", "content_type": "pdf", "data": "<the PDF's bytes, base64>", ...}
 
 - ``version`` is optional: without it the record's timestamp (ms) is the version.
 - A tombstone (key with null value) or ``"deleted": true`` deletes the document.
@@ -20,7 +21,7 @@ from streamrag.errors import BadRecord
 from streamrag.limits import FINITE_NUMBERS, JSON_NESTING, exceeded
 from streamrag.records import DocumentEvent, Origin
 
-CONTENT_TYPES = frozenset({"text", "markdown", "html"})
+CONTENT_TYPES = frozenset({"text", "markdown", "html", "pdf"})
 
 
 def decode_utf8(raw: bytes | None, what: str) -> str | None:
@@ -83,11 +84,12 @@ def _event_from_object(data: dict[str, Any], origin: Origin, timestamp_ms: int) 
         raise BadRecord(f"field 'content_type' must be one of {sorted(CONTENT_TYPES)}")
     text = None
     if not deleted:
-        text = _typed(data, "text", str, None)
+        field = "data" if content_type == "pdf" else "text"  # a PDF's bytes, base64
+        text = _typed(data, field, str, None)
         if text is None:
-            raise BadRecord("field 'text' is required unless 'deleted' is true")
+            raise BadRecord(f"field '{field}' is required unless 'deleted' is true")
         if not text.strip():
-            raise BadRecord("field 'text' is empty or whitespace only")
+            raise BadRecord(f"field '{field}' is empty or whitespace only")
     return DocumentEvent(
         doc_id=doc_id,
         version=version,

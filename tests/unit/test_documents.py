@@ -99,7 +99,18 @@ def test_negative_version_is_rejected():
 
 def test_unknown_content_type_is_rejected():
     with pytest.raises(BadRecord, match="'content_type'"):
-        parse(valid(content_type="pdf"))
+        parse(valid(content_type="docx"))
+
+
+def test_a_pdf_carries_its_bytes_in_data():
+    event = parse({"id": "m.pdf", "content_type": "pdf", "data": "JVBERi0="})
+
+    assert (event.content_type, event.text) == ("pdf", "JVBERi0=")
+
+
+def test_a_pdf_without_data_is_rejected():
+    with pytest.raises(BadRecord, match="field 'data' is required"):
+        parse({"id": "m.pdf", "content_type": "pdf", "text": "not the bytes"})
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t "])
