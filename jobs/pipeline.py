@@ -142,7 +142,11 @@ class EmbedChunks(GuardedFunction, ProcessFunction):
         cfg = self._settings.embedding
         ref = resolve_model(cfg.model)
         self._embedder = Embedder(
-            load_model(ref, cfg.torch_threads), ref.model_id, cfg.batch_size, cfg.cache_entries
+            load_model(ref, cfg.torch_threads),
+            ref.model_id,
+            cfg.batch_size,
+            cfg.cache_entries,
+            self._settings.chunking.embed_heading,
         )
         self._store = open_store(self._settings.store)
         metrics = runtime_context.get_metrics_group()

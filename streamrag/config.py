@@ -50,13 +50,20 @@ class KafkaConfig(_Section):
 
 class ChunkingConfig(_Section):
     encoding: str = "cl100k_base"
-    max_tokens: Annotated[int, Field(gt=16, le=8192)] = 200
+    # 160 rather than 200: sections fit whole more often (make eval: +0.03 recall@1).
+    max_tokens: Annotated[int, Field(gt=16, le=8192)] = 160
     overlap_tokens: Annotated[int, Field(ge=0, le=512)] = 0
     # Larger documents go to the dead-letter topic instead of tying up the embedder.
     max_document_chars: Annotated[int, Field(gt=0)] = 2_000_000
     # Chunks whose word pieces are at least this share unknown to the model ([UNK]) are
     # not indexed: they embed to noise that no search can find.
     max_unknown_share: Annotated[float, Field(gt=0, le=1)] = 0.8
+    # A section shorter than this merges with its neighbour under the same parent.
+    min_section_tokens: Annotated[int, Field(ge=0, le=512)] = 40
+    # What of the heading path the model is given before a chunk's text: nothing, the
+    # chunk's own section title, or the whole "Chapter > Section" path. `make eval` found
+    # the section title best for finding a section by its title (README: Retrieval quality).
+    embed_heading: Literal["none", "section", "path"] = "section"
 
     @model_validator(mode="after")
     def _overlap_below_max(self) -> ChunkingConfig:

@@ -71,6 +71,11 @@ class ChunkRecord:
     title: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     source_ts_ms: int = 0
+    # The headings above the chunk ("Chapter > Section"), its page (PDF; 0: none) and the
+    # id of the chunking rules that made it (jobs.chunking.stage.chunker_id).
+    heading_path: str = ""
+    page: int = 0
+    chunker: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -149,6 +154,18 @@ class DeadLetter:
         origin = data.get("origin")
         data["origin"] = Origin(**origin) if origin else None
         return cls(**_known_fields(cls, data))
+
+
+EmbedHeading = Literal["none", "section", "path"]
+
+
+def model_input(text: str, heading_path: str, embed_heading: EmbedHeading) -> str:
+    """What the model is given for a chunk (``chunking.embed_heading``): its text alone,
+    after its own section's title, or after its whole heading path."""
+    if embed_heading == "none" or not heading_path:
+        return text
+    heading = heading_path if embed_heading == "path" else heading_path.rsplit(" > ", 1)[-1]
+    return f"{heading}\n\n{text}"
 
 
 def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:

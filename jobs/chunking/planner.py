@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from jobs.chunking.chunker import Span
-from streamrag.records import ChunkRecord, DocumentEvent
+from streamrag.records import ChunkRecord, DocumentEvent, EmbedHeading, model_input
 
 CHUNK_NAMESPACE = uuid.UUID("6f1c1a52-3c7e-4d0e-9a55-1f1d0c0de0a1")
 
@@ -86,7 +86,13 @@ class ChunkPlan:
     stale: bool = False
 
 
-def plan_document(state: DocState | None, event: DocumentEvent, spans: list[Span]) -> ChunkPlan:
+def plan_document(
+    state: DocState | None,
+    event: DocumentEvent,
+    spans: list[Span],
+    chunker_id: str = "",
+    embed_heading: EmbedHeading = "none",
+) -> ChunkPlan:
     """Records that bring the index from ``state`` to ``event`` (spans of its clean text)."""
     if is_stale(state, event):
         return ChunkPlan(state=state, records=[], stale=True)
@@ -100,7 +106,7 @@ def plan_document(state: DocState | None, event: DocumentEvent, spans: list[Span
     upserts: list[ChunkRecord] = []
     fingerprints: list[str] = []
     for position, span in enumerate(spans):
-        record = _upsert(event, position, span)
+        record = _upsert(event, position, span, chunker_id, embed_heading)
         fingerprint = _fingerprint(record)
         fingerprints.append(fingerprint)
         if position >= len(old) or old[position] != fingerprint:
@@ -111,7 +117,12 @@ def plan_document(state: DocState | None, event: DocumentEvent, spans: list[Span
     return ChunkPlan(state, [*upserts, _trim_marker(event, len(spans))])
 
 
-def _upsert(event: DocumentEvent, position: int, span: Span) -> ChunkRecord:
+def _upsert(
+    event: DocumentEvent, position: int, span: Span, chunker: str, embed_heading: EmbedHeading
+) -> ChunkRecord:
+    # The content hash is of what the model is given: the same text under another
+    # heading path is another vector when the path is embedded too.
+    embedded = model_input(span.text, span.heading_path, embed_heading)
     return ChunkRecord(
         chunk_id=chunk_id(event.doc_id, position),
         doc_id=event.doc_id,
@@ -121,11 +132,14 @@ def _upsert(event: DocumentEvent, position: int, span: Span) -> ChunkRecord:
         start=span.start,
         end=span.end,
         text=span.text,
-        content_hash=content_hash(span.text),
+        content_hash=content_hash(embedded),
         source=event.source,
         title=event.title,
         metadata=event.metadata,
         source_ts_ms=event.source_ts_ms,
+        heading_path=span.heading_path,
+        page=span.page,
+        chunker=chunker,
     )
 
 
@@ -144,7 +158,16 @@ def _trim_marker(event: DocumentEvent, position: int) -> ChunkRecord:
 def _fingerprint(record: ChunkRecord) -> str:
     """Changes when anything stored for the chunk changes, except the version."""
     meta = json.dumps(
-        [record.start, record.end, record.title, record.metadata, record.source],
+        [
+            record.start,
+            record.end,
+            record.title,
+            record.metadata,
+            record.source,
+            record.heading_path,
+            record.page,
+            record.chunker,
+        ],
         sort_keys=True,
         default=str,
     )

@@ -12,18 +12,24 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 from streamrag.models import Encoder, encode
-from streamrag.records import ChunkRecord, EmbeddingRecord
+from streamrag.records import ChunkRecord, EmbeddingRecord, EmbedHeading, model_input
 
 
 class Embedder:
     def __init__(
-        self, encoder: Encoder, model_id: str, batch_size: int = 32, cache_entries: int = 50_000
+        self,
+        encoder: Encoder,
+        model_id: str,
+        batch_size: int = 32,
+        cache_entries: int = 50_000,
+        embed_heading: EmbedHeading = "none",
     ) -> None:
         self._encoder = encoder
         self.model_id = model_id
         self._batch_size = batch_size
         self._cache: OrderedDict[str, list[float]] = OrderedDict()
         self._cache_entries = cache_entries
+        self._embed_heading: EmbedHeading = embed_heading
         self.embedded = 0
         self.reused = 0
 
@@ -36,7 +42,7 @@ class Embedder:
             self._remember(dict(known))
         missing = sorted(
             {
-                c.content_hash: c.text
+                c.content_hash: model_input(c.text, c.heading_path, self._embed_heading)
                 for c in chunks
                 if c.op == "upsert" and c.content_hash not in self._cache
             }.items()

@@ -1,4 +1,4 @@
-"""Chunker: token-bounded, structure-first, exact spans of the cleaned text."""
+"""Chunker: token-bounded, section-shaped, exact spans of the cleaned text."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from jobs.chunking.chunker import Chunker, get_encoding
+from jobs.chunking.chunker import Chunker, Span, get_encoding
+from jobs.chunking.cleaning import clean
 from jobs.chunking.stage import ChunkStage
 from streamrag.config import ChunkingConfig
 from streamrag.errors import BadRecord
@@ -15,6 +16,11 @@ from streamrag.models import ModelTokenizer, resolve_model
 from streamrag.records import DocumentEvent, Origin
 
 ENC = get_encoding("cl100k_base")
+
+
+def split(text: str, kind: str = "markdown", **options) -> list[Span]:
+    """The chunks of ``text`` cleaned as ``kind`` (Markdown: ``#`` lines are headings)."""
+    return Chunker(ENC, **options).split(clean(text, kind))
 
 
 def tokens(text: str) -> int:
@@ -42,9 +48,7 @@ def sections(n_sections: int = 6, n_paragraphs: int = 8, edit=None) -> str:
 
 def test_every_chunk_fits_max_tokens():
     text = sections()
-    chunker = Chunker(ENC, max_tokens=64)
-
-    spans = chunker.split(text)
+    spans = split(text, max_tokens=64)
 
     assert len(spans) > 5
     assert all(tokens(s.text) <= 64 for s in spans)
@@ -53,20 +57,22 @@ def test_every_chunk_fits_max_tokens():
 def test_span_text_is_exactly_the_cleaned_slice():
     text = sections() + "\n\nTrailing   paragraph with  odd spacing."
 
-    spans = Chunker(ENC, max_tokens=50).split(text)
+    cleaned = clean(text, "markdown")
+
+    spans = Chunker(ENC, max_tokens=50).split(cleaned)
 
     assert spans
-    assert all(text[s.start : s.end] == s.text for s in spans)
+    assert all(cleaned.text[s.start : s.end] == s.text for s in spans)
 
 
 def test_spans_are_ordered_and_disjoint_without_overlap():
-    spans = Chunker(ENC, max_tokens=40).split(sections())
+    spans = split(sections(), max_tokens=40)
 
     assert all(a.end <= b.start for a, b in zip(spans, spans[1:], strict=False))
 
 
 def test_chunks_have_no_surrounding_whitespace():
-    spans = Chunker(ENC, max_tokens=40).split(sections())
+    spans = split(sections(), max_tokens=40)
 
     assert all(s.text == s.text.strip() for s in spans)
 
@@ -77,7 +83,7 @@ def test_a_heading_always_starts_a_new_chunk():
         i for i in range(len(text)) if text.startswith("#", i) and (i == 0 or text[i - 1] == "\n")
     ]
 
-    spans = Chunker(ENC, max_tokens=500).split(text)  # all of it would fit in one chunk
+    spans = split(text, max_tokens=500)  # all of it would fit in one chunk
 
     assert [s.start for s in spans] == heading_starts
     assert not any("\n#" in s.text for s in spans)
@@ -88,7 +94,7 @@ def test_prefers_paragraph_breaks_over_sentence_breaks():
     text = "\n\n".join(paragraphs)
     per_paragraph = max(tokens(p) for p in paragraphs)
 
-    spans = Chunker(ENC, max_tokens=per_paragraph + 10).split(text)
+    spans = split(text, max_tokens=per_paragraph + 10)
 
     assert [s.text for s in spans] == paragraphs
 
@@ -103,10 +109,9 @@ def test_prefers_paragraph_breaks_over_sentence_breaks():
     ids=["word", "append", "truncate"],
 )
 def test_a_paragraph_edit_in_the_middle_changes_at_most_two_chunks(edit):
-    chunker = Chunker(ENC, max_tokens=100)
-    before = [s.text for s in chunker.split(sections())]
+    before = [s.text for s in split(sections(), max_tokens=100, min_section_tokens=40)]
 
-    after = [s.text for s in chunker.split(sections(edit=edit))]
+    after = [s.text for s in split(sections(edit=edit), max_tokens=100, min_section_tokens=40)]
 
     assert len(before) > 10
     assert 1 <= len(set(after) - set(before)) <= 2
@@ -115,9 +120,7 @@ def test_a_paragraph_edit_in_the_middle_changes_at_most_two_chunks(edit):
 
 def test_a_megabyte_word_without_spaces_is_split_into_fitting_chunks():
     word = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(1_000_000 // 64))
-    chunker = Chunker(ENC, max_tokens=200)
-
-    spans = chunker.split(word)
+    spans = split(word, "text", max_tokens=200)
 
     assert len(spans) > 100
     assert all(tokens(s.text) <= 200 for s in spans)
@@ -162,7 +165,7 @@ def test_chunks_of_random_text_fit_max_tokens_when_recounted(pieces):
     for seed in range(40):
         text = random_text(seed, pieces)
 
-        spans = Chunker(ENC, max_tokens=50).split(text)
+        spans = split(text, "text", max_tokens=50)
 
         assert "".join(s.text for s in spans).replace(" ", "") == text.replace(" ", "")
         assert all(tokens(s.text) <= 50 for s in spans), f"seed {seed}"
@@ -171,7 +174,7 @@ def test_chunks_of_random_text_fit_max_tokens_when_recounted(pieces):
 def test_a_heading_is_not_left_alone_when_its_section_is_long():
     text = f"# Title\n\n{prose(30)}"
 
-    spans = Chunker(ENC, max_tokens=100).split(text)
+    spans = split(text, max_tokens=100)
 
     assert spans[0].text.startswith("# Title\n\nSentence 0")
     assert tokens(spans[0].text) > 50
@@ -186,9 +189,9 @@ def test_dense_technical_text_fits_the_bundled_models_word_pieces():
         for i in range(200)
     ]
     text = "\n".join(lines)
-    assert not all(fits(s.text) for s in Chunker(ENC, 250).split(text))  # the risk is real
+    assert not all(fits(s.text) for s in split(text, "text", max_tokens=250))  # a real risk
 
-    spans = Chunker(ENC, max_tokens=250, fits_model=fits).split(text)
+    spans = split(text, "text", max_tokens=250, fits_model=lambda chunk, _path: fits(chunk))
 
     assert model_max == 256
     assert spans and all(fits(s.text) for s in spans)
@@ -198,7 +201,7 @@ def test_dense_technical_text_fits_the_bundled_models_word_pieces():
 def test_overlap_makes_consecutive_chunks_share_text():
     text = prose(40)
 
-    spans = Chunker(ENC, max_tokens=60, overlap_tokens=10).split(text)
+    spans = split(text, max_tokens=60, overlap_tokens=10)
 
     assert len(spans) > 3
     assert all(b.start < a.end for a, b in zip(spans, spans[1:], strict=False))
@@ -208,7 +211,7 @@ def test_overlap_makes_consecutive_chunks_share_text():
 def test_overlap_keeps_every_chunk_ending_after_the_previous_one():
     text = "\n\n".join(prose(n, tag=f"p{p}-") for p, n in enumerate([5, 3, 6, 2, 4, 5, 3]))
 
-    spans = Chunker(ENC, max_tokens=100, overlap_tokens=40).split(text)
+    spans = split(text, max_tokens=100, overlap_tokens=40)
 
     assert all(a.end < b.end for a, b in zip(spans, spans[1:], strict=False))
     assert len(spans) <= 2 * tokens(text) // (100 - 40)
@@ -217,7 +220,7 @@ def test_overlap_keeps_every_chunk_ending_after_the_previous_one():
 def test_largest_allowed_overlap_never_repeats_a_chunk_end():
     text = "\n\n".join(f"Part {p}\n\n" + prose(4 + p % 3, tag=f"p{p}-") for p in range(8))
 
-    spans = Chunker(ENC, max_tokens=100, overlap_tokens=49).split(text)
+    spans = split(text, max_tokens=100, overlap_tokens=49)
 
     assert all(a.end < b.end for a, b in zip(spans, spans[1:], strict=False))
 
@@ -225,7 +228,7 @@ def test_largest_allowed_overlap_never_repeats_a_chunk_end():
 def test_overlap_does_not_cross_a_heading():
     text = f"# A\n\n{prose(3)}\n\n# B\n\n{prose(3)}"
 
-    spans = Chunker(ENC, max_tokens=200, overlap_tokens=20).split(text)
+    spans = split(text, max_tokens=200, overlap_tokens=20)
 
     assert [s.text.splitlines()[0] for s in spans] == ["# A", "# B"]
     assert spans[0].end <= spans[1].start
@@ -238,14 +241,12 @@ def test_overlap_of_half_max_tokens_or_more_is_rejected():
 
 @pytest.mark.parametrize("text", ["", " ", "\n\n\t \n"])
 def test_empty_or_whitespace_text_gives_no_chunks(text):
-    assert Chunker(ENC, max_tokens=50).split(text) == []
+    assert split(text, "text", max_tokens=50) == []
 
 
 def test_splitting_is_deterministic():
     text = sections()
-    chunker = Chunker(ENC, max_tokens=70)
-
-    assert chunker.split(text) == Chunker(ENC, max_tokens=70).split(text)
+    assert split(text, max_tokens=70) == split(text, max_tokens=70)
 
 
 def test_count_tokens_uses_the_encoding():
@@ -279,3 +280,96 @@ def test_a_few_unknown_symbols_do_not_drop_a_chunk():
     (span,) = stage.spans(_event("Deploys went fine 🚀 and the index is fresh 😀."))
 
     assert "🚀" in span.text
+
+
+# Sections shape chunks.
+
+
+def test_a_tiny_section_merges_with_its_neighbour_under_the_same_parent():
+    text = (
+        f"# Guide\n\n## Short\n\nOne line.\n\n## Long\n\n{prose(12)}"
+        f"\n\n# Next chapter\n\n{prose(3)}"
+    )
+
+    spans = split(text, max_tokens=400, min_section_tokens=40)
+
+    assert [s.text.split("\n")[0] for s in spans] == ["# Guide", "# Next chapter"]
+    assert "## Short\n\nOne line.\n\n## Long" in spans[0].text
+
+
+def test_a_section_long_enough_starts_its_own_chunk():
+    text = f"# A\n\n{prose(4)}\n\n## B\n\n{prose(4)}"
+
+    spans = split(text, max_tokens=400, min_section_tokens=40)
+
+    assert [s.text.split("\n")[0] for s in spans] == ["# A", "## B"]
+
+
+def test_a_tiny_section_does_not_merge_into_the_next_chapter():
+    text = f"# One\n\n## Tiny\n\nA line.\n\n# Two\n\n{prose(4)}"
+
+    spans = split(text, max_tokens=400, min_section_tokens=40)
+
+    assert [s.text.split("\n")[0] for s in spans] == ["# One", "# Two"]
+
+
+def test_a_heading_never_ends_a_chunk():
+    text = "\n\n".join(f"## Part {i}\n\n{prose(9, tag=f'{i}-')}" for i in range(12))
+
+    spans = split(text, max_tokens=90, min_section_tokens=40)
+
+    assert len(spans) >= 24  # every part is split
+    assert not any(s.text.split("\n")[-1].startswith("#") for s in spans)
+
+
+def test_no_tiny_piece_is_left_before_the_next_heading():
+    text = f"# A\n\n{prose(9)}\n\n# B\n\n{prose(9)}"  # each section a little over budget
+
+    spans = split(text, max_tokens=100, min_section_tokens=40)
+
+    assert min(tokens(s.text) for s in spans) >= 40
+
+
+def test_every_chunk_carries_its_heading_path():
+    text = f"# Guide\n\n{prose(3)}\n\n## Install\n\n{prose(3)}\n\n### Linux\n\n{prose(3)}"
+
+    spans = split(text, max_tokens=60)
+
+    assert [s.heading_path for s in spans] == [
+        "Guide",
+        "Guide > Install",
+        "Guide > Install > Linux",
+    ]
+
+
+def test_code_is_split_only_at_line_ends():
+    code = "\n".join(f"    value_{i} = compute(value_{i - 1}, factor={i})" for i in range(60))
+    text = f"# Code\n\n```python\n{code}\n```"
+    cleaned = clean(text, "markdown")
+
+    spans = Chunker(ENC, max_tokens=80).split(cleaned)
+
+    assert len(spans) > 3
+    code_lines = set(code.split("\n"))
+    for span in spans[1:]:
+        assert all(line in code_lines for line in cleaned.text[span.start : span.end].split("\n"))
+
+
+def test_a_code_line_longer_than_the_budget_is_still_split():
+    text = "```\n" + "x = [" + ", ".join(str(i) for i in range(400)) + "]\n```"
+
+    spans = split(text, max_tokens=60)
+
+    assert len(spans) > 5 and all(tokens(s.text) <= 60 for s in spans)
+
+
+def test_the_model_fit_check_sees_the_heading_path_it_will_be_given():
+    seen: list[tuple[str, str]] = []
+
+    def fits(chunk: str, path: str) -> bool:
+        seen.append((chunk, path))
+        return True
+
+    split(f"# Guide\n\n## Part\n\n{prose(2)}", max_tokens=200, fits_model=fits)
+
+    assert seen and all(path == "Guide > Part" or path == "Guide" for _, path in seen)

@@ -32,7 +32,7 @@ def assert_one_line(err: pytest.ExceptionInfo) -> str:
 def test_defaults():
     settings = load_settings()
 
-    assert settings.chunking.max_tokens == 200
+    assert settings.chunking.max_tokens == 160
     assert settings.chunking.overlap_tokens == 0
     assert settings.embedding.model == "bundled"
 
@@ -112,7 +112,7 @@ def test_yaml_that_is_not_a_mapping_is_rejected(tmp_path, text):
 
 
 def test_empty_yaml_file_means_defaults(tmp_path):
-    assert load_settings(write(tmp_path, "")).chunking.max_tokens == 200
+    assert load_settings(write(tmp_path, "")).chunking.max_tokens == 160
 
 
 def test_invalid_yaml_is_one_line_config_error(tmp_path):
