@@ -62,10 +62,16 @@ def serving_model(settings: Settings) -> ModelRef:
 
 
 def format_hit(rank: int, hit: SearchHit, width: int = 160) -> str:
+    """A hit as a citation: score, document, where in it (section, page, characters),
+    version, and the start of the text."""
     c = hit.chunk
     text = " ".join(c.text.split())
     text = text if len(text) <= width else text[: width - 1] + "…"
+    where = [f"chunk#{c.position}", f"chars[{c.start}:{c.end}]"]
+    if c.page:
+        where.insert(0, f"page {c.page}")
+    section = f"\n    section: {c.heading_path}" if c.heading_path else ""
     return (
-        f"{rank:>2}. score={hit.score:.3f}  doc={c.doc_id}  chunk#{c.position} "
-        f"chars[{c.start}:{c.end}]  v{c.version}\n    {text}"
+        f"{rank:>2}. score={hit.score:.3f}  doc={c.doc_id}  {'  '.join(where)}  v{c.version}"
+        f"{section}\n    {text}"
     )

@@ -16,6 +16,9 @@
 --   source: topic, or <schema>.<table> for CDC
 --   title: the document's title
 --   metadata: filtered by equality of top-level keys
+--   heading_path: Chapter > Section above the chunk
+--   page: the page it starts on (PDF; 0: none)
+--   chunker: id of the chunking rules that made it
 --   model_id: the model that embedded the text
 --   source_ts_ms: commit time at the source
 --   indexed_at_ms: when the store wrote the row
@@ -35,6 +38,9 @@ CREATE TABLE IF NOT EXISTS streamrag_chunks (
     source        text,
     title         text,
     metadata      jsonb,
+    heading_path  text,
+    page          bigint,
+    chunker       text,
     model_id      text,
     source_ts_ms  bigint,
     indexed_at_ms bigint

@@ -32,7 +32,7 @@ def list_cmd(ctx: typer.Context) -> None:
         )
         typer.echo(
             f"{'*' if g.serving else ' '} g{g.number:<3} {g.name:<40}"
-            f" {g.model_id or '?':<45} {when}"
+            f" {g.model_id or '?':<45} chunker {g.chunker or '?':<12} {when}"
         )
     if not found:
         typer.echo(f"no index named {gens.serving_name(settings_of(ctx))} yet")

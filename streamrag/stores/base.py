@@ -43,6 +43,9 @@ class StoredChunk:
     source_ts_ms: int
     indexed_at_ms: int
     vector: list[float] | None = None
+    heading_path: str = ""
+    page: int = 0
+    chunker: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,7 @@ class Generation:
     created_at_ms: int
     serving: bool
     served_at_ms: int = 0  # when it last became serving; 0: never served
+    chunker: str = ""  # id of the chunking rules of (a sample of) its chunks
 
 
 class GenerationCatalog(Protocol):

@@ -76,6 +76,16 @@ class MilvusStore:
     def ensure(self, dim: int) -> None:
         """Create the collection (fields from the schema) if missing, and load it."""
         if self._client.has_collection(self.collection):
+            fields = {
+                f["name"] for f in self._client.describe_collection(self.collection)["fields"]
+            }
+            missing = sorted({c.name for c in COLUMNS} - fields)
+            if missing:
+                raise StoreError(
+                    f"collection {self.collection} lacks the fields {', '.join(missing)} of"
+                    " this version: rebuild the index into a new generation (`streamrag"
+                    " replay full`) or use another collection"
+                )
             self._client.load_collection(self.collection)
             return
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)

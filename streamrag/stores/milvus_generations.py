@@ -152,24 +152,30 @@ class MilvusGenerations:
     def _describe(self, name: str, target: str | None) -> Generation:
         props = self._client.describe_collection(name).get("properties") or {}
         props = {str(k): str(v) for k, v in props.items()}
-        model = props.get(_P + "model_id") or self._sample_model(name)
+        model, chunker = self._sample(name)
         return Generation(
             self._number(name) or 0,
             name,
-            model,
+            props.get(_P + "model_id") or model,
             int(props.get(_P + "created_at_ms", 0)),
             name == target,
             int(props.get(_P + "served_at_ms", 0)),
+            chunker,
         )
 
     def _plain(self) -> Generation:
-        return Generation(0, self.base, self._sample_model(self.base), 0, True)
+        model, chunker = self._sample(self.base)
+        return Generation(0, self.base, model, 0, True, chunker=chunker)
+
+    def _sample_model(self, name: str) -> str:
+        return self._sample(name)[0]
 
     @transient
-    def _sample_model(self, name: str) -> str:
+    def _sample(self, name: str) -> tuple[str, str]:
+        """(model id, chunker id) of one chunk of a collection; empty when it has none."""
         self._client.load_collection(name)  # a renamed collection is released
-        rows = self._client.query(name, filter="", output_fields=["model_id"], limit=1)
-        return str(rows[0]["model_id"]) if rows else ""
+        rows = self._client.query(name, filter="", output_fields=["model_id", "chunker"], limit=1)
+        return (str(rows[0]["model_id"]), str(rows[0]["chunker"])) if rows else ("", "")
 
 
 def _now_ms() -> int:

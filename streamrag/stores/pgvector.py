@@ -53,6 +53,7 @@ from streamrag.stores.schema import (
     VECTOR,
     column_values,
     pgvector_ddl,
+    pgvector_type,
     stored_chunk,
 )
 
@@ -114,6 +115,17 @@ class PgvectorStore:
             }
             for statement in pgvector_ddl(t, dim, names):
                 conn.execute(sql.SQL(statement))
+            # A table made by an earlier version gets the columns added since (NULL in
+            # its rows until they are written again).
+            for column in COLUMNS:
+                if column.kind not in ("key", "vector"):
+                    conn.execute(
+                        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                            self._t,
+                            sql.Identifier(column.name),
+                            sql.SQL(pgvector_type(column, dim)),
+                        )
+                    )
 
     @one_line
     def upsert(self, records: Sequence[EmbeddingRecord]) -> None:

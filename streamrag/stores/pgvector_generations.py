@@ -45,11 +45,12 @@ class PgvectorGenerations:
     def generations(self) -> list[Generation]:
         with self._pool.connection() as conn:
             gens = [
-                Generation(int(n), str(t), str(m), int(c), bool(s), int(sv))
+                Generation(int(n), str(t), str(m), int(c), bool(s), int(sv), _sample(conn, t)[1])
                 for n, t, m, c, s, sv in self._rows(conn)
             ]
             if relkind(conn, self.base) == "r":
-                gens.append(Generation(0, self.base, _sample_model(conn, self.base), 0, True))
+                model, chunker = _sample(conn, self.base)
+                gens.append(Generation(0, self.base, model, 0, True, chunker=chunker))
         return gens
 
     def serving(self) -> Generation | None:
@@ -81,7 +82,7 @@ class PgvectorGenerations:
                     f"INSERT INTO {REGISTRY} (name, generation, table_name, model_id,"
                     " created_at, served_at) VALUES (%s, 0, %s, %s, to_timestamp(0),"
                     " to_timestamp(0.001))",
-                    [self.base, g0, _sample_model(conn, g0)],
+                    [self.base, g0, _sample(conn, g0)[0]],
                 )
             conn.execute(
                 f"UPDATE {REGISTRY} SET serving = false WHERE name = %s AND serving", [self.base]
@@ -163,8 +164,12 @@ def _lock(conn: Connection) -> None:
     conn.execute(_REGISTRY_DDL)
 
 
-def _sample_model(conn: Connection, table: str) -> str:
+def _sample(conn: Connection, table: str) -> tuple[str, str]:
+    """(model id, chunker id) of one chunk of a table; empty when it has none (or is
+    gone: a registry row of a dropped table)."""
+    if relkind(conn, table) is None:
+        return "", ""
     row = conn.execute(
-        sql.SQL("SELECT model_id FROM {} LIMIT 1").format(sql.Identifier(table))
+        sql.SQL("SELECT model_id, chunker FROM {} LIMIT 1").format(sql.Identifier(table))
     ).fetchone()
-    return str(row[0]) if row else ""
+    return (str(row[0]), str(row[1] or "")) if row else ("", "")

@@ -206,18 +206,34 @@ def cluster_job(settings: Settings) -> Iterator[str]:
 
 
 def kill_task_manager_python_workers() -> None:
-    task_managers = [
-        p for p in psutil.process_iter() if "TaskManagerRunner" in " ".join(p.cmdline())
-    ]
     workers = [
         c
-        for tm in task_managers
-        for c in tm.children(recursive=True)
-        if "pyflink.fn_execution" in " ".join(c.cmdline())
+        for tm in _processes("TaskManagerRunner")
+        for c in _children(tm)
+        if "pyflink.fn_execution" in _cmdline(c)
     ]
     assert workers, "no Python worker process under the TaskManager"
     for worker in workers:
-        worker.send_signal(signal.SIGKILL)
+        with contextlib.suppress(psutil.Error):
+            worker.send_signal(signal.SIGKILL)
+
+
+def _processes(marker: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter() if marker in _cmdline(p)]
+
+
+def _children(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return list(process.children(recursive=True))
+    except psutil.Error:  # gone, or a zombie of an earlier worker
+        return []
+
+
+def _cmdline(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # a zombie or a process that just ended
+        return ""
 
 
 def flink_job(job_id: str) -> tuple[str, int]:

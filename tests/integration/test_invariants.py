@@ -10,6 +10,7 @@ import pytest
 from jobs.chunking.cleaning import clean
 from jobs.chunking.planner import content_hash
 from streamrag.models import BUNDLED_MODEL_ID, ModelTokenizer, resolve_model
+from streamrag.records import model_input
 
 pytestmark = pytest.mark.integration
 
@@ -117,16 +118,18 @@ def test_every_stored_chunk_is_traceable_and_fits_the_model(pipeline):
 
     store = pipeline.store()
     chunks = sorted(store.get(store.doc_chunk_ids("t")), key=lambda c: c.position)
-    cleaned = clean(text, "markdown")
+    cleaned = clean(text, "markdown").text
     fits = ModelTokenizer(resolve_model("bundled")).fits
+    embed_heading = pipeline.settings.chunking.embed_heading
     assert [c.position for c in chunks] == list(range(len(chunks))) and len(chunks) > 3
     for c in chunks:
         assert cleaned[c.start : c.end] == c.text
-        assert c.content_hash == content_hash(c.text)
+        assert c.content_hash == content_hash(model_input(c.text, c.heading_path, embed_heading))
+        assert c.heading_path == "Guide" and c.chunker
         assert (c.doc_id, c.version, c.title) == ("t", 4, "Guide")
         assert c.metadata == {"tenant": "acme"}
         assert c.source == pipeline.settings.kafka.documents_topic
         assert c.model_id == BUNDLED_MODEL_ID
         assert c.indexed_at_ms >= c.source_ts_ms > 0
-        assert fits(c.text)
+        assert fits(model_input(c.text, c.heading_path, embed_heading))  # nothing truncated
     store.close()

@@ -228,6 +228,7 @@ def test_a_full_replay_with_another_model_switches_searches_to_it(
     ingested: Pipeline, second_model: str
 ):
     from streamrag.models import ModelRef, ModelTokenizer, load_model
+    from streamrag.records import model_input
     from streamrag.retrieval import Retriever
 
     settings = ingested.settings
@@ -245,13 +246,14 @@ def test_a_full_replay_with_another_model_switches_searches_to_it(
         assert (
             ModelTokenizer(ModelRef(second_model, second_model)).max_length == model.max_seq_length
         )
-        want = model.encode([probe.text], normalize_embeddings=True)[0]
+        given = model_input(probe.text, probe.heading_path, settings.chunking.embed_heading)
+        want = model.encode([given], normalize_embeddings=True)[0]
         np.testing.assert_allclose(probe.vector, want, atol=1e-4)  # re-embedded by it
         assert not np.allclose(probe.vector, old[probe.chunk_id].vector, atol=1e-2)
 
         retriever = Retriever(settings)
         assert retriever.model_id == second_model  # queries use the index's model
-        (hit,) = retriever.search(probe.text, 1)
+        (hit,) = retriever.search(given, 1)
         assert hit.chunk.chunk_id == probe.chunk_id and hit.score > 0.99
         retriever.close()
     finally:

@@ -1,0 +1,87 @@
+"""Real documents through Kafka and PyFlink, on both stores: a generated HTML page (its
+navigation, table of contents and code listing) and a PDF; the query output cites the
+section and the page."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+
+import pytest
+
+from streamrag.config import PROJECT_ROOT
+from tests.integration.conftest import CLI, Pipeline
+from tests.pdfs import pdf_with_text
+
+pytestmark = pytest.mark.integration
+
+PAGE = """<!DOCTYPE html><html><head><title>Retention</title></head><body>
+<div class="navheader"><a accesskey="p" href="a.html">Prev</a> <a href="i.html">Up</a>
+<a accesskey="n" href="c.html">Next</a></div>
+<div class="document"><div class="body" role="main">
+<section id="storage"><h1>Storage<a class="headerlink" href="#storage">¶</a></h1>
+<nav class="contents local"><ul><li><a href="#ret">Retention windows</a></li></ul></nav>
+<p>Brokers keep records in segment files on disk. A partition is a directory of such
+files, written one at a time; the active segment takes new records, and closed segments
+are only read. Index files beside each segment map offsets and times to positions.</p>
+<section id="ret"><h2>Retention windows</h2>
+<p>Each topic sets how long the brokers keep a closed segment: seven days unless
+retention.ms says otherwise. Expired segments are deleted by a background thread that
+wakes up every five minutes.</p>
+<pre>
+# retention for one topic
+kafka-configs --alter --entity-type topics \\
+    --add-config retention.ms=86400000
+</pre></section></section></div></div>
+<div class="navfooter">Prev | Up | Home | Next</div></body></html>"""
+
+MANUAL = [
+    "Installing the agent takes two commands on every host of the cluster. The first\n"
+    "downloads the package from the internal mirror, the second registers the host with\n"
+    "the control plane and starts the service under its own system user.",
+    "The agent rotates its log files at midnight and keeps fourteen of them. Older files\n"
+    "are compressed and removed; the current file is never truncated while it is open,\n"
+    "so a tail that follows it never misses a line across the rotation.",
+]
+
+
+def query(p: Pipeline, text: str) -> str:
+    done = subprocess.run(
+        [CLI, "query", text, "-k", "1"],
+        env=p.env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_html_and_pdf_are_indexed_with_their_sections_and_pages(pipeline: Pipeline):
+    pdf = pdf_with_text(MANUAL, outline=[("Installation", 0), ("Log files", 1)])
+    pipeline.produce([
+        ("guide/retention.html", json.dumps(
+            {"id": "guide/retention.html", "text": PAGE, "content_type": "html"})),
+        ("manual.pdf", json.dumps({"id": "manual.pdf", "content_type": "pdf",
+                                   "data": base64.b64encode(pdf).decode("ascii")})),
+    ])  # fmt: skip
+    pipeline.run()
+
+    assert pipeline.dead_letters() == []
+    store = pipeline.store()
+    try:
+        chunks = store.get(store.all_ids())
+    finally:
+        store.close()
+    html = [c for c in chunks if c.doc_id == "guide/retention.html"]
+    assert html and not any("Prev" in c.text or "¶" in c.text for c in html)
+    assert any("    --add-config retention.ms=86400000" in c.text for c in html)  # indented
+    assert {c.page for c in chunks if c.doc_id == "manual.pdf"} == {1, 2}
+
+    hit = query(pipeline, "How long do brokers keep closed segments?")
+    assert "doc=guide/retention.html" in hit
+    assert "section: Storage > Retention windows" in hit
+    hit = query(pipeline, "When are the agent's log files rotated?")
+    assert "doc=manual.pdf" in hit and "page 2" in hit and "section: Log files" in hit
