@@ -11,7 +11,7 @@ JARS   := .work/jars
 export HF_HUB_OFFLINE := 1
 export PGPASSFILE := $(CURDIR)/.work/secrets/pgpass
 
-.PHONY: install jars stack-up stack-down demo test test-unit bench lint clean
+.PHONY: install jars stack-up stack-down demo test test-unit bench eval lint clean
 
 install: $(VENV)/.installed jars
 
@@ -54,6 +54,11 @@ test-unit: install
 
 bench: stack-up
 	$(PY) -m bench.run
+
+# Retrieval quality on the Python documentation (a Debian package, fetched by the eval);
+# no services needed. Ends with one JSON line.
+eval: install
+	$(PY) -m bench.retrieval_eval
 
 # ruff (lint and format) over everything; mypy --strict over the package, jobs and connect.
 lint: $(VENV)/.installed
