@@ -22,6 +22,7 @@
 --   model_id: the model that embedded the text
 --   source_ts_ms: commit time at the source
 --   indexed_at_ms: when the store wrote the row
+--   text_lexical: the text's words, for lexical search (hybrid mode)
 
 CREATE EXTENSION IF NOT EXISTS vector;
 
@@ -43,7 +44,8 @@ CREATE TABLE IF NOT EXISTS streamrag_chunks (
     chunker       text,
     model_id      text,
     source_ts_ms  bigint,
-    indexed_at_ms bigint
+    indexed_at_ms bigint,
+    text_lexical  tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED
 );
 
 CREATE INDEX IF NOT EXISTS streamrag_chunks_doc_id ON streamrag_chunks (doc_id);
@@ -51,3 +53,5 @@ CREATE INDEX IF NOT EXISTS streamrag_chunks_doc_id ON streamrag_chunks (doc_id);
 CREATE INDEX IF NOT EXISTS streamrag_chunks_hnsw ON streamrag_chunks USING hnsw (embedding vector_cosine_ops);
 
 CREATE INDEX IF NOT EXISTS streamrag_chunks_metadata ON streamrag_chunks USING gin (metadata jsonb_path_ops);
+
+CREATE INDEX IF NOT EXISTS streamrag_chunks_lexical ON streamrag_chunks USING gin (text_lexical);

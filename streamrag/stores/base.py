@@ -20,10 +20,15 @@ from streamrag.records import EmbeddingRecord
 FILTER_FIELDS = frozenset({"doc_id", "source", "model_id"})
 METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_K = 16_384
+MAX_DOCUMENT_CHUNKS = 16_384  # what document() returns at most (Milvus caps a query there)
 
 
 class StoreError(UserError):
     """A store operation that failed; the message is one line for the user."""
+
+
+class BadFilter(StoreError):
+    """A filter or k that the caller got wrong (not the store failing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +74,13 @@ class Filters:
     def __post_init__(self) -> None:
         for name, value in self.fields.items():
             if name not in FILTER_FIELDS:
-                raise StoreError(f"cannot filter on {name!r}: use one of {sorted(FILTER_FIELDS)}")
+                raise BadFilter(f"cannot filter on {name!r}: use one of {sorted(FILTER_FIELDS)}")
             if not isinstance(value, str):
-                raise StoreError(f"filter {name} must be a string, got {type(value).__name__}")
+                raise BadFilter(f"filter {name} must be a string, got {type(value).__name__}")
             _check_value(name, value)
         for key, meta in self.metadata.items():
             if not isinstance(key, str) or not METADATA_KEY.fullmatch(key):
-                raise StoreError(f"metadata filter key {key!a} must be a plain identifier")
+                raise BadFilter(f"metadata filter key {key!a} must be a plain identifier")
             _check_value(key, meta)
 
     @property
@@ -88,29 +93,27 @@ def _check_value(name: str, value: object) -> None:
         return
     if isinstance(value, int):
         if not -(2**63) <= value < 2**63:
-            raise StoreError(f"filter {name}: {value} is outside int64")
+            raise BadFilter(f"filter {name}: {value} is outside int64")
         return
     if not isinstance(value, str):
-        raise StoreError(
+        raise BadFilter(
             f"filter {name}: cannot filter on a {type(value).__name__} value: use str, int or bool"
         )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise StoreError(
-            f"filter {name}: the value is not valid Unicode ({value[:40]!a})"
-        ) from None
+        raise BadFilter(f"filter {name}: the value is not valid Unicode ({value[:40]!a})") from None
     if "\x00" in value:
-        raise StoreError(f"filter {name}: the value holds a NUL character")
+        raise BadFilter(f"filter {name}: the value holds a NUL character")
 
 
 def check_k(k: int) -> int:
     """``k`` for a search: 0 or less finds nothing (callers return at once), more than
     MAX_K is an error (Milvus's own limit, kept on both stores)."""
     if isinstance(k, bool) or not isinstance(k, int):
-        raise StoreError(f"k must be an integer, got {type(k).__name__}")
+        raise BadFilter(f"k must be an integer, got {type(k).__name__}")
     if k > MAX_K:
-        raise StoreError(f"k must be at most {MAX_K}, got {k}")
+        raise BadFilter(f"k must be at most {MAX_K}, got {k}")
     return max(k, 0)
 
 
@@ -132,6 +135,14 @@ class VectorStore(Protocol):
     def search(
         self, vector: Sequence[float], k: int, filters: Filters | None = None
     ) -> list[SearchHit]: ...
+
+    def lexical_search(self, text: str, k: int, filters: Filters | None = None) -> list[SearchHit]:
+        """The k chunks whose words best match ``text`` (hybrid mode's lexical half); the
+        score is the store's own lexical rank, comparable only within one result. A
+        StoreError when the collection/table predates lexical search."""
+
+    def document(self, doc_id: str, filters: Filters | None = None) -> list[StoredChunk]:
+        """The chunks of one document that match ``filters``, in position order."""
 
     def get(self, chunk_ids: Sequence[str], with_vectors: bool = False) -> list[StoredChunk]: ...
 

@@ -18,9 +18,9 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
-from pymilvus import DataType, MilvusClient
+from pymilvus import DataType, Function, FunctionType, MilvusClient
 from tenacity import (
     RetryCallState,
     retry,
@@ -32,8 +32,23 @@ from tenacity import (
 from streamrag.config import MilvusConfig
 from streamrag.errors import classify
 from streamrag.records import EmbeddingRecord
-from streamrag.stores.base import Filters, SearchHit, StoredChunk, StoreError, check_k
-from streamrag.stores.schema import COLUMNS, KEY, SCALARS, VECTOR, column_values, stored_chunk
+from streamrag.stores.base import (
+    MAX_DOCUMENT_CHUNKS,
+    Filters,
+    SearchHit,
+    StoredChunk,
+    StoreError,
+    check_k,
+)
+from streamrag.stores.schema import (
+    COLUMNS,
+    KEY,
+    LEXICAL,
+    SCALARS,
+    VECTOR,
+    column_values,
+    stored_chunk,
+)
 
 _TYPES: Final = {
     "key": DataType.VARCHAR,
@@ -98,11 +113,23 @@ class MilvusStore:
                     _TYPES[column.kind],
                     max_length=column.max_bytes,
                     is_primary=column.kind == "key",
+                    # The text is analysed (split into words) for the BM25 function.
+                    **({"enable_analyzer": True} if column.name == "text" else {}),
                 )
             else:
                 schema.add_field(column.name, _TYPES[column.kind])
+        schema.add_field(LEXICAL, DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(
+                name="text_bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["text"],
+                output_field_names=[LEXICAL],
+            )
+        )
         index = self._client.prepare_index_params()
         index.add_index(field_name=VECTOR, index_type="AUTOINDEX", metric_type="COSINE")
+        index.add_index(field_name=LEXICAL, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         self._client.create_collection(self.collection, schema=schema, index_params=index)
         self._client.load_collection(self.collection)
 
@@ -170,6 +197,52 @@ class MilvusStore:
             SearchHit(float(hit["distance"]), stored_chunk({**hit["entity"], KEY: hit[KEY]}))
             for hit in result[0]
         ]
+
+    def lexical_search(self, text: str, k: int, filters: Filters | None = None) -> list[SearchHit]:
+        """BM25 over the analysed text (Milvus's full-text search)."""
+        if check_k(k) == 0:
+            return []
+        fields = {f["name"] for f in self._describe()["fields"]}
+        if LEXICAL not in fields:
+            raise StoreError(
+                f"collection {self.collection} was built before lexical search: rebuild it"
+                " into a new generation (`streamrag replay full`) to use hybrid mode"
+            )
+        return self._lexical_search(text, k, filters)
+
+    @transient
+    def _describe(self) -> dict[str, Any]:
+        return dict(self._client.describe_collection(self.collection))
+
+    @transient
+    def _lexical_search(self, text: str, k: int, filters: Filters | None) -> list[SearchHit]:
+        result = self._client.search(
+            self.collection,
+            data=[text],
+            anns_field=LEXICAL,
+            limit=k,
+            filter=_filter_expression(filters),
+            output_fields=list(SCALARS),
+            search_params={"metric_type": "BM25"},
+        )
+        # Milvus Lite reports BM25 scores negated (best first all the same): keep the size.
+        return [
+            SearchHit(abs(float(hit["distance"])), stored_chunk({**hit["entity"], KEY: hit[KEY]}))
+            for hit in result[0]
+        ]
+
+    @transient
+    def document(self, doc_id: str, filters: Filters | None = None) -> list[StoredChunk]:
+        where = " and ".join(
+            e for e in (f"doc_id == {literal(doc_id)}", _filter_expression(filters)) if e
+        )
+        rows = self._client.query(
+            self.collection,
+            filter=where,
+            output_fields=[KEY, *SCALARS],
+            limit=MAX_DOCUMENT_CHUNKS,
+        )
+        return sorted((stored_chunk(row) for row in rows), key=lambda c: c.position)
 
     @transient
     def get(self, chunk_ids: Sequence[str], with_vectors: bool = False) -> list[StoredChunk]:

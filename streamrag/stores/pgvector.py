@@ -44,12 +44,23 @@ from tenacity import (
 
 from streamrag.config import PgvectorConfig
 from streamrag.records import EmbeddingRecord
-from streamrag.stores.base import Filters, SearchHit, StoredChunk, StoreError, check_k
+from streamrag.stores.base import (
+    MAX_DOCUMENT_CHUNKS,
+    Filters,
+    SearchHit,
+    StoredChunk,
+    StoreError,
+    check_k,
+)
 from streamrag.stores.schema import (
     COLUMNS,
     CONTENT,
+    INDEX_SUFFIXES,
     KEY,
+    LEXICAL,
+    LEXICAL_TYPE,
     SCALARS,
+    TEXT_SEARCH_CONFIG,
     VECTOR,
     column_values,
     pgvector_ddl,
@@ -110,22 +121,24 @@ class PgvectorStore:
             if relkind(conn, self.table) == "v":  # a generations view: its table exists
                 return
             t = self._t.as_string(conn)
-            names = {
-                s: index_name(self.table, s).as_string(conn) for s in ("doc_id", "hnsw", "metadata")
-            }
-            for statement in pgvector_ddl(t, dim, names):
-                conn.execute(sql.SQL(statement))
+            names = {s: index_name(self.table, s).as_string(conn) for s in INDEX_SUFFIXES}
+            create_table, *indexes = pgvector_ddl(t, dim, names)
+            conn.execute(sql.SQL(create_table))
             # A table made by an earlier version gets the columns added since (NULL in
-            # its rows until they are written again).
-            for column in COLUMNS:
-                if column.kind not in ("key", "vector"):
-                    conn.execute(
-                        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                            self._t,
-                            sql.Identifier(column.name),
-                            sql.SQL(pgvector_type(column, dim)),
-                        )
+            # its rows until they are written again; the lexical column is computed).
+            added = [
+                (column.name, pgvector_type(column, dim))
+                for column in COLUMNS
+                if column.kind not in ("key", "vector")
+            ]
+            for name, kind in [*added, (LEXICAL, LEXICAL_TYPE)]:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                        self._t, sql.Identifier(name), sql.SQL(kind)
                     )
+                )
+            for statement in indexes:
+                conn.execute(sql.SQL(statement))
 
     @one_line
     def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
@@ -189,6 +202,55 @@ class PgvectorStore:
             if filtered and len(rows) < k:
                 return self._search_exactly(conn, where, params)
         return [SearchHit(float(row[0]), _stored(row[1:], _READ)) for row in rows]
+
+    @one_line
+    def lexical_search(self, text: str, k: int, filters: Filters | None = None) -> list[SearchHit]:
+        """The k chunks that best match the words of ``text`` (full-text search, ranked by
+        ts_rank_cd; any of the words may match). The score is that rank, not a cosine."""
+        if check_k(k) == 0:
+            return []
+        # plainto_tsquery ANDs the words (and quotes each as a lexeme); OR them instead,
+        # so a question matches chunks that hold only some of its words.
+        matches = sql.SQL("{lex} @@ q.query").format(lex=sql.Identifier(LEXICAL))
+        where, params = _where(filters, matches)
+        params.update(q=text, k=k, config=TEXT_SEARCH_CONFIG)
+        with self.connection() as conn:
+            if not self._has_lexical(conn):
+                raise StoreError(
+                    f"{self.table} was built before lexical search: rebuild it into a new"
+                    " generation (`streamrag replay full`) to use hybrid mode"
+                )
+            rows = conn.execute(
+                sql.SQL(
+                    "WITH q AS (SELECT replace(plainto_tsquery(%(config)s::regconfig, %(q)s)::text,"
+                    " '&', '|')::tsquery AS query)"
+                    " SELECT ts_rank_cd({lex}, q.query), {cols} FROM {t}, q {where}"
+                    " ORDER BY 1 DESC, chunk_id LIMIT %(k)s"
+                ).format(lex=sql.Identifier(LEXICAL), cols=_cols(_READ), t=self._t, where=where),
+                params,
+            ).fetchall()
+        return [SearchHit(float(row[0]), _stored(row[1:], _READ)) for row in rows]
+
+    def _has_lexical(self, conn: Connection) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s"
+            " AND NOT attisdropped",
+            [self.table, LEXICAL],
+        ).fetchone()
+        return row is not None
+
+    @one_line
+    def document(self, doc_id: str, filters: Filters | None = None) -> list[StoredChunk]:
+        where, params = _where(filters, sql.SQL("doc_id = %(doc)s"))
+        params.update(doc=doc_id, cap=MAX_DOCUMENT_CHUNKS)
+        with self.connection() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT {cols} FROM {t} {where} ORDER BY position LIMIT %(cap)s").format(
+                    cols=_cols(_READ), t=self._t, where=where
+                ),
+                params,
+            ).fetchall()
+        return [_stored(r, _READ) for r in rows]
 
     def _matches_at_most(
         self, conn: Connection, where: sql.Composable, params: dict[str, Any]
@@ -378,17 +440,23 @@ def _cols(names: Sequence[str]) -> sql.Composable:
     return sql.SQL(", ").join(map(sql.Identifier, names))
 
 
-def _where(filters: Filters | None) -> tuple[sql.Composable, dict[str, Any]]:
-    if filters is None or filters.empty:
-        return sql.SQL(""), {}
-    clauses: list[sql.Composable] = []
+def _where(
+    filters: Filters | None, *extra: sql.Composable
+) -> tuple[sql.Composable, dict[str, Any]]:
+    """The WHERE clause of ``filters`` (values bound as parameters) and ``extra`` clauses."""
+    clauses: list[sql.Composable] = list(extra)
     params: dict[str, Any] = {}
-    for i, (name, value) in enumerate(sorted(filters.fields.items())):
-        clauses.append(sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(f"f{i}")))
-        params[f"f{i}"] = value
-    if filters.metadata:
-        clauses.append(sql.SQL("metadata @> %(m)s"))
-        params["m"] = Jsonb(dict(filters.metadata))
+    if filters is not None:
+        for i, (name, value) in enumerate(sorted(filters.fields.items())):
+            clauses.append(
+                sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(f"f{i}"))
+            )
+            params[f"f{i}"] = value
+        if filters.metadata:
+            clauses.append(sql.SQL("metadata @> %(m)s"))
+            params["m"] = Jsonb(dict(filters.metadata))
+    if not clauses:
+        return sql.SQL(""), params
     return sql.SQL("WHERE ") + sql.SQL(" AND ").join(clauses), params
 
 

@@ -412,6 +412,59 @@ def test_invalid_filter_field_raises():
         Filters(fields={"text": "x"})
 
 
+LEXICAL_TEXTS = [
+    "Connections to the broker fail when the listener is misconfigured.",
+    "The error ERR_CONN_4711 means the upstream closed the socket early.",
+    "Checkpoints are written to durable storage at a fixed interval.",
+    "Replay rebuilds the index from the embeddings topic.",
+]
+
+
+def test_lexical_search_finds_an_exact_identifier(store):
+    write(store, [rec(i, text=t) for i, t in enumerate(LEXICAL_TEXTS)])
+    hits = store.lexical_search("ERR_CONN_4711", k=2)
+    assert hits and hits[0].chunk.position == 1
+    assert all(h.score > 0 for h in hits)
+
+
+def test_lexical_search_ranks_more_matching_words_first(store):
+    write(store, [rec(i, text=t) for i, t in enumerate(LEXICAL_TEXTS)])
+    hits = store.lexical_search("replay the index from embeddings", k=4)
+    assert hits[0].chunk.position == 3
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_lexical_search_honours_filters(store):
+    write(
+        store,
+        [rec(i, doc="a", text=t, tenant="a") for i, t in enumerate(LEXICAL_TEXTS)]
+        + [rec(i, doc="b", text=t, tenant="b") for i, t in enumerate(LEXICAL_TEXTS)],
+    )
+    hits = store.lexical_search(
+        "ERR_CONN_4711 socket", k=10, filters=Filters(metadata={"tenant": "b"})
+    )
+    assert hits and {h.chunk.doc_id for h in hits} == {"b"}
+    assert store.lexical_search("checkpoints", k=0) == []
+
+
+@pytest.mark.parametrize("text", [*INJECTIONS, "a & b | !c", "'':*", "\\", "-- ;", "<->"])
+def test_lexical_query_text_is_only_words(store, text):
+    write(store, [rec(i, text=t, tenant="a") for i, t in enumerate(LEXICAL_TEXTS)])
+    hits = store.lexical_search(text, k=10, filters=Filters(metadata={"tenant": "z"}))
+    assert hits == []  # no error, and the filter still holds
+    store.lexical_search(text, k=10)  # and unfiltered it is just a search
+
+
+def test_document_reads_chunks_in_position_order(store):
+    write(store, [rec(i, doc="d", tenant="a") for i in (3, 0, 2, 1)] + [rec(0, doc="e")])
+    chunks = store.document("d")
+    assert [c.position for c in chunks] == [0, 1, 2, 3]
+    assert {c.doc_id for c in chunks} == {"d"}
+    assert len(store.document("d", Filters(metadata={"tenant": "a"}))) == 4
+    assert store.document("d", Filters(metadata={"tenant": "b"})) == []
+    assert store.document("missing") == []
+
+
 def test_stored_chunk_round_trips(store):
     record = rec(
         3, doc="doc/ü", text="ünïcödé \"quoted\" 'single' \\ back\nline", lang="de", n=7, flag=False
