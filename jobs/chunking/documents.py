@@ -2,11 +2,15 @@
 
 Wire format (value, UTF-8 JSON object; key = doc id):
     {"id": "guide/intro", "text": "...", "version": 7, "title": "...",
-     "content_type": "text" | "markdown" | "html", "metadata": {...}, "deleted": false}
+     "content_type": "text" | "markdown" | "html", "metadata": {...}, "tenant": "acme",
+     "deleted": false}
     {"id": "manual.pdf", "content_type": "pdf", "data": "<the PDF's bytes, base64>", ...}
 
 - ``version`` is optional: without it the record's timestamp (ms) is the version.
 - A tombstone (key with null value) or ``"deleted": true`` deletes the document.
+- ``tenant`` is optional: it becomes the ``tenant`` metadata key, which the read side
+  (streamrag.serve) scopes tenant-bound tokens by. Doc ids are global, not per tenant:
+  tenants that may reuse ids need them prefixed (``acme/intro``).
 - Unknown fields are ignored; anything else malformed raises BadRecord with the reason.
   NaN and infinities are not JSON and are rejected; so is nesting deeper than Python's
   parser allows. The limits that later steps need are checked by ``streamrag.limits``.
@@ -79,6 +83,13 @@ def _event_from_object(data: dict[str, Any], origin: Origin, timestamp_ms: int) 
         raise BadRecord("field 'version' must be a non-negative integer")
     title = _typed(data, "title", str, None)
     metadata = _typed(data, "metadata", dict, {})
+    tenant = _typed(data, "tenant", str, None)
+    if tenant is not None:
+        if not tenant.strip():
+            raise BadRecord("field 'tenant' is empty or whitespace only")
+        if metadata.get("tenant", tenant) != tenant:
+            raise BadRecord("field 'tenant' and metadata.tenant differ: give one of them")
+        metadata = {**metadata, "tenant": tenant}
     content_type = _typed(data, "content_type", str, "text")
     if content_type not in CONTENT_TYPES:
         raise BadRecord(f"field 'content_type' must be one of {sorted(CONTENT_TYPES)}")

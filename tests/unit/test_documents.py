@@ -182,3 +182,26 @@ def test_bad_record_is_a_value_error_with_a_reason():
         parse(b"[]")
 
     assert str(info.value)
+
+
+def test_tenant_becomes_the_tenant_metadata_key():
+    ev = parse(valid(tenant="acme", metadata={"lang": "en"}))
+
+    assert ev.metadata == {"lang": "en", "tenant": "acme"}
+
+
+def test_tenant_agreeing_with_metadata_is_kept():
+    assert parse(valid(tenant="acme", metadata={"tenant": "acme"})).metadata == {"tenant": "acme"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"tenant": "acme", "metadata": {"tenant": "other"}}, "differ"),
+        ({"tenant": " "}, "field 'tenant' is empty"),
+        ({"tenant": 7}, "field 'tenant' must be str"),
+    ],
+)
+def test_bad_tenant_is_rejected(fields, reason):
+    with pytest.raises(BadRecord, match=reason):
+        parse(valid(**fields))
