@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 from streamrag.config import Settings
 from streamrag.generations import GenerationError, serving
@@ -39,8 +40,23 @@ class Retriever:
         self.model_id = ref.model_id  # the model that embeds the queries: the serving one's
         self._store = open_store(settings.store)
 
-    def search(self, text: str, k: int = 5, filters: Filters | None = None) -> list[SearchHit]:
-        return self._store.search(encode(self._model, [text])[0], k, filters)
+    def search(
+        self,
+        text: str,
+        k: int = 5,
+        filters: Filters | None = None,
+        mode: Literal["dense", "hybrid"] = "dense",
+        candidates: int = 50,
+        rrf_k: int = 60,
+    ) -> list[SearchHit]:
+        """The k chunks nearest ``text``; ``hybrid``: the dense and the lexical search's
+        best ``candidates`` fused by reciprocal rank."""
+        vector = encode(self._model, [text])[0]
+        if mode == "dense":
+            return self._store.search(vector, k, filters)
+        n = max(k, candidates)
+        dense = self._store.search(vector, n, filters)
+        return fuse([dense, self._store.lexical_search(text, n, filters)], k, rrf_k)
 
     def close(self) -> None:
         self._store.close()
@@ -49,16 +65,52 @@ class Retriever:
 def serving_model(settings: Settings) -> ModelRef:
     """The model that the serving generation was built with (by its recorded id); the
     configured model when the index records none (empty, or not built yet)."""
+    current = serving(settings)
+    return model_for(settings, current.model_id if current else "")
+
+
+def model_for(settings: Settings, model_id: str) -> ModelRef:
+    """The model recorded as ``model_id`` by a generation: the configured one when the ids
+    agree (or none is recorded), else the bundled one or a name/path loaded offline."""
     from streamrag.models import BUNDLED, BUNDLED_MODEL_ID, resolve_model
 
     configured = resolve_model(settings.embedding.model)
-    current = serving(settings)
-    model_id = current.model_id if current else ""
     if not model_id or model_id == configured.model_id:
         return configured
     if model_id == BUNDLED_MODEL_ID:
         return resolve_model(BUNDLED)
     return resolve_model(model_id)  # a sentence-transformers name or path, loaded offline
+
+
+def fuse(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_k: int = 60) -> list[SearchHit]:
+    """Reciprocal rank fusion: a chunk scores the sum of 1 / (rrf_k + rank) over the
+    rankings it appears in, so agreeing rankings lift it and no ranking's own score scale
+    matters. Hits of one ranking with equal scores share their average rank (a tie says
+    nothing about order: lexical ranks often tie). Ties in the fused score go to the
+    smaller chunk id, so the result is deterministic."""
+    scores: dict[str, float] = {}
+    chunks: dict[str, SearchHit] = {}
+    for ranking in rankings:
+        for rank, hit in zip(tied_ranks([h.score for h in ranking]), ranking, strict=True):
+            cid = hit.chunk.chunk_id
+            scores[cid] = scores.get(cid, 0.0) + 1.0 / (rrf_k + rank)
+            chunks.setdefault(cid, hit)
+    best = sorted(scores, key=lambda cid: (-scores[cid], cid))[: max(k, 0)]
+    return [SearchHit(scores[cid], chunks[cid].chunk) for cid in best]
+
+
+def tied_ranks(scores: Sequence[float]) -> list[float]:
+    """Ranks from 1 of scores given best first; a run of equal scores shares the average
+    of its ranks ([0.9, 0.5, 0.5, 0.1] -> [1, 2.5, 2.5, 4])."""
+    ranks: list[float] = []
+    start = 0
+    while start < len(scores):
+        end = start
+        while end + 1 < len(scores) and scores[end + 1] == scores[start]:
+            end += 1
+        ranks += [(start + end) / 2 + 1] * (end - start + 1)
+        start = end + 1
+    return ranks
 
 
 def format_hit(rank: int, hit: SearchHit, width: int = 160) -> str:

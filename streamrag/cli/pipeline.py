@@ -65,6 +65,9 @@ def query(
     doc_id: Annotated[str | None, typer.Option(help="Only this document.")] = None,
     source: Annotated[str | None, typer.Option(help="Only this source topic/table.")] = None,
     meta: Annotated[list[str] | None, typer.Option(help="Metadata filter key=value.")] = None,
+    hybrid: Annotated[
+        bool, typer.Option("--hybrid", help="Fuse with lexical search (exact words, codes).")
+    ] = False,
 ) -> None:
     """Search the index and print the top chunks with score, doc id and text span."""
     from streamrag.retrieval import Retriever, format_hit
@@ -75,7 +78,7 @@ def query(
     filters = Filters(fields, dict(_key_value(m) for m in meta or []))
     retriever = Retriever(settings_of(ctx))
     try:
-        hits = retriever.search(text, k, filters)
+        hits = retriever.search(text, k, filters, mode="hybrid" if hybrid else "dense")
     finally:
         retriever.close()
     if not hits:
