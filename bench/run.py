@@ -8,6 +8,8 @@ Bench: build a corpus of 40 documents x ~50 chunks of ~200 tokens from samples/c
   -> edit: change one paragraph of one 50-chunk document, run again, count model calls
   -> replay: re-materialize the index from the embeddings topic (bench/replay.py) and
      compare with re-embedding the same chunks (the ingest run above: same job code)
+  -> query: `streamrag serve` on that index, 8 concurrent clients, dense and hybrid, then
+     dense again while the job ingests 40 more documents (bench/query.py)
   -> freshness: PostgreSQL commit -> indexed through Debezium (bench/freshness.py)
 
 Figures are measured in one run so that ratios compare like with like on a noisy machine.
@@ -27,6 +29,7 @@ from pathlib import Path
 import psutil
 
 from bench.freshness import freshness_figures
+from bench.query import query_figures
 from bench.replay import replay_figures, steady_rate
 from jobs.chunking.cleaning import clean
 from jobs.chunking.stage import ChunkStage
@@ -173,6 +176,14 @@ def main() -> None:
     run_job(env)
     edit_embedded = count_embedded(settings) - embedded_before
     replay = replay_figures(settings, env)
+
+    def ingest_more() -> None:  # new documents: the job chunks and embeds all of them
+        more = [{**d, "id": f"more/{d['id']}"} for d in docs]
+        send_all(settings, settings.kafka.documents_topic, [(d["id"], json.dumps(d)) for d in more])
+        run_job(env)
+
+    queries = [t.split(". ")[0][:200] for t in texts[:: max(1, len(texts) // 400)]]
+    query = query_figures(env, queries, ingest_more)
     store.drop()
     store.close()
 
@@ -194,6 +205,7 @@ def main() -> None:
         # Both steady rates (once the job is up); wall rates, startup included, are above.
         "replay_vs_reembed": round(replay["replay_steady_chunks_per_s"] / steady, 1),
         "replay_vs_reembed_wall": round(replay["replay_chunks_per_s"] / (len(texts) / wall), 1),
+        **query,
     }
     print(f"figures so far: {json.dumps(figures)}", flush=True)
     figures.update(freshness_figures())

@@ -187,6 +187,28 @@ class CdcConfig(_Section):
     connect_url: str | None = None
 
 
+class ServeConfig(_Section):
+    """The read side: ``streamrag serve`` (HTTP API and MCP) and ``streamrag mcp``.
+
+    Tokens never come from this file: ``--tokens-file`` / $STREAMRAG_TOKENS_FILE, or
+    $STREAMRAG_TOKENS (see streamrag.serve.auth)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8300
+    # How often the service asks the store which generation serves (a swap or rollback
+    # takes effect within this).
+    refresh_s: Annotated[float, Field(gt=0, le=300)] = 1.0
+    max_k: Annotated[int, Field(ge=1, le=1000)] = 100
+    max_query_chars: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    max_filters: Annotated[int, Field(ge=1, le=100)] = 16
+    # Hybrid mode fuses this many candidates of each search (at least k) by reciprocal
+    # rank fusion with this constant.
+    hybrid_candidates: Annotated[int, Field(ge=1, le=1000)] = 50
+    rrf_k: Annotated[int, Field(ge=1, le=1000)] = 60
+    # Query embeddings kept for repeated queries (per model).
+    query_cache: Annotated[int, Field(ge=0, le=1_000_000)] = 4096
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMRAG_", env_nested_delimiter="__", extra="forbid"
@@ -199,6 +221,7 @@ class Settings(BaseSettings):
     flink: FlinkConfig = Field(default_factory=FlinkConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
     cdc: CdcConfig = Field(default_factory=CdcConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @classmethod
     def settings_customise_sources(

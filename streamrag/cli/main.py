@@ -3,6 +3,7 @@
     streamrag [--config FILE] [--verbose] COMMAND
       config | topics create | produce | run | query | migrate      (pipeline.py)
       replay rematerialize|full | generations list|swap|rollback|drop-old  (replay.py)
+      serve | mcp                                                    (serve.py)
       connect apply|status|pause|resume|restart|delete               (connect.py)
       stack up|down|status | cluster up|down|submit                  (local.py)
 
@@ -21,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from streamrag.cli import connect, local, pipeline, replay
+from streamrag.cli import connect, local, pipeline, replay, serve
 from streamrag.cli.context import CliState
 from streamrag.errors import UserError
 from streamrag.flink import usage_message
@@ -34,6 +35,7 @@ app = typer.Typer(
 )
 app.add_typer(pipeline.app)  # config, topics, produce, run, query, migrate
 app.add_typer(replay.app)  # the `replay` and `generations` groups
+app.add_typer(serve.app)  # serve, mcp
 app.add_typer(connect.app, name="connect")
 app.add_typer(local.stack_app, name="stack")
 app.add_typer(local.cluster_app, name="cluster")

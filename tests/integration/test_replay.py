@@ -217,7 +217,7 @@ def second_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     from streamrag.models import load_model, resolve_model
 
     transformer = load_model(resolve_model("bundled"))[0]
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="max")
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="max")
     model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
     path = tmp_path_factory.mktemp("models") / "minilm-max-pooling"
     model.save(str(path))

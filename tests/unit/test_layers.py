@@ -1,6 +1,7 @@
 """The layers of the code, held against its imports (every import, at any depth).
 
     streamrag.cli      the command line: may import everything below
+    streamrag.serve    the read side (HTTP API, MCP): on the core
     streamrag.local    dev tooling (local stack, local Flink cluster, version pins)
     jobs, connect      the stages and jobs; Kafka Connect connectors
     streamrag          the runtime core: config, records, limits, errors, Flink glue,
@@ -23,8 +24,9 @@ PACKAGES = ("streamrag", "jobs", "connect")
 
 
 def layer(module: str) -> str:
-    if module.startswith(("streamrag.cli", "streamrag.local")):
-        return module.split(".")[1]
+    parts = module.split(".")
+    if parts[0] == "streamrag" and len(parts) > 1 and parts[1] in ("cli", "local", "serve"):
+        return parts[1]
     return "core" if module.startswith("streamrag") else module.split(".")[0]
 
 
@@ -34,7 +36,8 @@ ALLOWED = {
     "jobs": {"core"},
     "connect": {"core"},
     "local": {"core"},
-    "cli": {"core", "jobs", "connect", "local"},
+    "serve": {"core"},
+    "cli": {"core", "jobs", "connect", "local", "serve"},
 }
 
 

@@ -1,0 +1,1 @@
+"""Adapters for frameworks (optional extras): ``pip install 'streamrag[langchain]'``."""

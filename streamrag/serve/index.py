@@ -1,0 +1,214 @@
+"""The serving generation, with the model that built it, followed across swaps.
+
+A background thread asks the store every ``serve.refresh_s`` which generation serves. When
+it changes (a replay's swap, a rollback), the new generation's model is loaded first (if
+it is another model), its collection/table opened, and only then does the service switch,
+by replacing one reference. A request takes that reference once, at its start, so it
+embeds and searches with one generation and its own model from start to end: no request
+fails or mixes models during a switch. The generation it left stays open a while for the
+requests still using it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from streamrag.config import Settings
+from streamrag.errors import UserError
+from streamrag.models import encode
+from streamrag.retrieval import fuse, model_for
+from streamrag.stores import open_catalog, open_store
+from streamrag.stores.base import Filters, GenerationCatalog, SearchHit, StoredChunk, VectorStore
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+Mode = Literal["dense", "hybrid"]
+RETIRED_GRACE_S = 60.0  # how long a generation left behind stays open for requests in flight
+
+
+class NotReady(UserError):
+    """Nothing to serve yet (HTTP 503)."""
+
+
+@dataclass(slots=True)
+class Serving:
+    """One generation as the service uses it."""
+
+    generation: int
+    name: str
+    model_id: str
+    store: VectorStore
+    embed: Callable[[str], list[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    generation: int
+    model_id: str
+    mode: Mode
+    hits: list[SearchHit]
+
+
+@dataclass(slots=True)
+class _Retired:
+    serving: Serving
+    since: float = field(default_factory=time.monotonic)
+
+
+class QueryEmbedder:
+    """One model's query embeddings, with an LRU cache for repeated queries. Calls into
+    the model are serialized: on CPU torch already uses the cores for one."""
+
+    def __init__(self, model: SentenceTransformer, cache_size: int) -> None:
+        self._model = model
+        self._size = cache_size
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> list[float]:
+        with self._lock:
+            if text in self._cache:
+                self._cache.move_to_end(text)
+                return self._cache[text]
+            vector = encode(self._model, [text])[0]
+            if self._size:
+                self._cache[text] = vector
+                if len(self._cache) > self._size:
+                    self._cache.popitem(last=False)
+            return vector
+
+
+class ServingIndex:
+    def __init__(
+        self, settings: Settings, load: Callable[[str], SentenceTransformer] | None = None
+    ):
+        self.settings = settings
+        self._load = load or self._load_model
+        self._catalog: GenerationCatalog = open_catalog(settings.store)
+        self._embedders: dict[str, QueryEmbedder] = {}
+        self._current: Serving | None = None
+        self._retired: list[_Retired] = []
+        self._switch = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error = ""
+
+    # -- following the serving generation --------------------------------------------
+
+    def refresh(self) -> Serving | None:
+        """Look up the serving generation; switch to it when it changed."""
+        with self._switch:
+            try:
+                gen = self._catalog.serving()
+            except Exception as e:  # the store is down: keep serving what we have
+                self.last_error = f"store unreachable: {e}".splitlines()[0]
+                raise
+            current = self._current
+            if gen is None or (
+                current and (current.generation, current.name) == (gen.number, gen.name)
+            ):
+                self.last_error = "" if gen else "nothing indexed yet"
+                self._close_retired()
+                return current
+            embedder = self._embedder(gen.model_id)  # the slow part: before the switch
+            store = open_store(self.settings.store, gen.name)
+            self._current = Serving(gen.number, gen.name, gen.model_id, store, embedder)
+            if current is not None:
+                self._retired.append(_Retired(current))
+                log.info(
+                    "serving generation %s (%s) instead of %s",
+                    gen.number,
+                    gen.name,
+                    current.generation,
+                )
+            self.last_error = ""
+            self._close_retired()
+            return self._current
+
+    def start(self) -> None:
+        """Refresh now (errors told, not raised), then every refresh_s in the background."""
+        try:
+            self.refresh()
+        except Exception as e:
+            log.warning("%s", str(e).splitlines()[0])
+        self._thread = threading.Thread(target=self._follow, name="streamrag-serving", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.settings.serve.refresh_s):
+            try:
+                self.refresh()
+            except Exception as e:  # told by readyz; the next round tries again
+                log.debug("refresh failed: %s", e)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        with self._switch:
+            for s in [self._current, *(r.serving for r in self._retired)]:
+                if s is not None:
+                    s.store.close()
+            self._current, self._retired = None, []
+            self._catalog.close()
+
+    def _close_retired(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for r in self._retired:
+            if now - r.since > RETIRED_GRACE_S:
+                r.serving.store.close()
+            else:
+                keep.append(r)
+        self._retired = keep
+
+    def _embedder(self, model_id: str) -> QueryEmbedder:
+        if model_id not in self._embedders:
+            model = self._load(model_id)
+            self._embedders = {model_id: QueryEmbedder(model, self.settings.serve.query_cache)}
+            # (one model held: the one serving; a rollback to another loads it again)
+        return self._embedders[model_id]
+
+    def _load_model(self, model_id: str) -> SentenceTransformer:
+        from streamrag.models import load_model
+
+        ref = model_for(self.settings, model_id)
+        try:
+            return load_model(ref, self.settings.embedding.torch_threads)
+        except Exception as e:  # the model is not installed here
+            raise UserError(
+                f"the serving generation was built with model {ref.model_id!r}, which cannot be"
+                f" loaded here ({type(e).__name__}): install it or set embedding.model"
+            ) from None
+
+    # -- reads ---------------------------------------------------------------------
+
+    def current(self) -> Serving:
+        current = self._current
+        if current is None:
+            raise NotReady(self.last_error or "no serving generation yet")
+        return current
+
+    def search(self, query: str, k: int, filters: Filters, mode: Mode = "dense") -> SearchResult:
+        s = self.current()  # one generation and one model for the whole request
+        vector = s.embed(query)
+        if mode == "dense":
+            hits = s.store.search(vector, k, filters)
+        else:
+            n = max(k, self.settings.serve.hybrid_candidates)
+            dense = s.store.search(vector, n, filters)
+            lexical = s.store.lexical_search(query, n, filters)
+            hits = fuse([dense, lexical], k, self.settings.serve.rrf_k)
+        return SearchResult(s.generation, s.model_id, mode, hits)
+
+    def document(self, doc_id: str, filters: Filters) -> tuple[Serving, list[StoredChunk]]:
+        s = self.current()
+        return s, s.store.document(doc_id, filters)
