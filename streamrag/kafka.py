@@ -25,11 +25,12 @@ from tenacity import (
 )
 
 from streamrag.config import Settings
-from streamrag.errors import UserError
+from streamrag.errors import Unreachable
 from streamrag.limits import DOCUMENT_RECORD_BYTES
+from streamrag.quiet import LIBRDKAFKA
 
 
-class KafkaUnavailable(UserError):
+class KafkaUnavailable(Unreachable):
     """Kafka cannot be reached; the message is one line for the user."""
 
 
@@ -61,7 +62,7 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
 )
 def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics of topic_configs (idempotent); returns the ones created."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap}, logger=LIBRDKAFKA)
     try:
         existing = set(admin.list_topics(timeout=5).topics)
     except KafkaException as e:
@@ -101,7 +102,8 @@ class RecordProducer:
                 "linger.ms": 5,
                 "message.timeout.ms": 60000,
                 "message.max.bytes": DOCUMENT_RECORD_BYTES.value,
-            }
+            },
+            logger=LIBRDKAFKA,
         )
         self._errors: list[str] = []
 
@@ -220,7 +222,8 @@ def _consumer(settings: Settings) -> Consumer:
             "group.id": "streamrag-log-reader",
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
-        }
+        },
+        logger=LIBRDKAFKA,
     )
 
 
@@ -237,3 +240,37 @@ def send_all(
         n += 1
     producer.flush()
     return n
+
+
+def pending_records(settings: Settings, topic: str, group_id: str) -> int:
+    """Records of ``topic`` that consumer group ``group_id`` has not committed yet (from
+    the earliest offset where it has committed nothing); 0 when the topic is missing."""
+    consumer = _consumer(settings)
+    try:
+        try:
+            ends = end_offsets_of(consumer, topic)
+        except TopicMissing:
+            return 0
+        group = Consumer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+            },
+            logger=LIBRDKAFKA,
+        )
+        try:
+            committed = group.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+        finally:
+            group.close()
+        pending = 0
+        for tp in committed:
+            start = tp.offset
+            if start < 0:  # nothing committed: the job starts at the earliest offset
+                start = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), 10)[0]
+            pending += max(ends[tp.partition] - start, 0)
+        return pending
+    except KafkaException as e:
+        raise KafkaUnavailable(f"cannot read the offsets of {topic}: {e}") from e
+    finally:
+        consumer.close()

@@ -38,6 +38,7 @@ from streamrag.errors import BadRecord
 from streamrag.generations import Generation, GenerationError
 from streamrag.kafka import end_offsets, ensure_topics, read_log
 from streamrag.models import model_dimension, resolve_model
+from streamrag.quiet import LIBRDKAFKA
 from streamrag.stores.base import VectorStore
 
 
@@ -264,7 +265,7 @@ def _last_error(log: str) -> str:
 def _delete_topics(settings: Settings, topics: list[str]) -> None:
     """Delete topics that this replay created (empty before it), so a re-run starts clean."""
     if topics:
-        admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+        admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap}, logger=LIBRDKAFKA)
         for future in admin.delete_topics(topics, operation_timeout=30).values():
             with contextlib.suppress(Exception):
                 future.result()

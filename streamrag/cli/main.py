@@ -4,6 +4,7 @@
       config | topics create | produce | run | query | migrate      (pipeline.py)
       replay rematerialize|full | generations list|swap|rollback|drop-old  (replay.py)
       serve | mcp                                                    (serve.py)
+      demo                                                           (demo.py)
       connect apply|status|pause|resume|restart|delete               (connect.py)
       stack up|down|status | cluster up|down|submit                  (local.py)
 
@@ -22,10 +23,11 @@ from typing import Annotated
 
 import typer
 
-from streamrag.cli import connect, local, pipeline, replay, serve
+from streamrag.cli import connect, demo, local, pipeline, replay, serve
 from streamrag.cli.context import CliState
-from streamrag.errors import UserError
+from streamrag.errors import Unreachable, UserError
 from streamrag.flink import usage_message
+from streamrag.quiet import quiet_third_parties
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +38,7 @@ app = typer.Typer(
 app.add_typer(pipeline.app)  # config, topics, produce, run, query, migrate
 app.add_typer(replay.app)  # the `replay` and `generations` groups
 app.add_typer(serve.app)  # serve, mcp
+app.add_typer(demo.app)  # demo
 app.add_typer(connect.app, name="connect")
 app.add_typer(local.stack_app, name="stack")
 app.add_typer(local.cluster_app, name="cluster")
@@ -52,6 +55,7 @@ def _root(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_third_parties(verbose)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as e:  # bad arguments
         typer.echo(f"streamrag: error: {usage_message(e)}", err=True)
         sys.exit(2)
+    except Unreachable as e:
+        hint = "is it running? The local stack starts with `streamrag stack up`"
+        typer.echo(f"streamrag: error: {e} ({hint})", err=True)
+        sys.exit(1)
     except (UserError, FileNotFoundError) as e:
         typer.echo(f"streamrag: error: {e}", err=True)
         sys.exit(1)
