@@ -39,9 +39,7 @@ def produce(
     """Push a folder of documents to the documents topic (key = doc id)."""
     from streamrag.produce import produce_folder
 
-    settings = settings_of(ctx)
-    n = produce_folder(settings, folder, prefix)
-    typer.echo(f"produced {n} documents to {settings.kafka.documents_topic}")
+    typer.echo(produce_folder(settings_of(ctx), folder, prefix).line())
 
 
 @app.command()
@@ -51,10 +49,18 @@ def run(
         bool, typer.Option(help="Stop at the end of the topics as of the start (demo, tests).")
     ] = False,
 ) -> None:
-    """Run the ingest job with PyFlink local execution."""
+    """Run the ingest job with PyFlink local execution; --bounded ends with a summary."""
     from jobs.pipeline import build
+    from streamrag.models import model_dimension, resolve_model
+    from streamrag.runstats import mark, summarize
 
-    build(settings_of(ctx), bounded).execute("streamrag-ingest")
+    settings = settings_of(ctx)
+    model_dimension(resolve_model(settings.embedding.model))  # installed? before any service
+    marks = mark(settings) if bounded else None
+    build(settings, bounded).execute("streamrag-ingest")
+    if marks is not None:
+        for line in summarize(settings, marks).lines():
+            typer.echo(line)
 
 
 @app.command()
