@@ -25,8 +25,7 @@ $(VENV)/.installed: pyproject.toml
 jars: $(JARS)/.resolved
 
 $(JARS)/.resolved: pom.xml pyproject.toml
-	@command -v mvn >/dev/null || { echo "error: mvn (Maven) not found"; exit 1; }
-	@command -v java >/dev/null || { echo "error: java (17+) not found"; exit 1; }
+	@$(PYTHON) -m streamrag.local.versions tools
 	rm -rf $(JARS)/kafka $(JARS)/debezium $(JARS)/flink
 	versions="$$($(PYTHON) -m streamrag.local.versions maven)" || exit 1; \
 	for profile in kafka debezium flink; do \
@@ -41,10 +40,7 @@ stack-down:
 	$(CLI) stack down
 
 demo: stack-up
-	$(CLI) topics create
-	$(CLI) produce samples/corpus
-	$(CLI) run --bounded
-	$(CLI) query "How does Kafka keep only the latest value for each key?" -k 3
+	$(CLI) demo
 
 test: stack-up
 	$(PY) -m pytest -q -ra tests

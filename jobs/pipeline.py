@@ -240,13 +240,14 @@ def stages(settings: Settings, raw: DataStream) -> Stages:
 
 def build(settings: Settings, bounded: bool = False) -> StreamExecutionEnvironment:
     """Build the ingest job; returns the Flink environment to ``execute()``."""
+    dim = model_dimension(resolve_model(settings.embedding.model))  # the model is here
     ctx = create_context(settings, "streamrag-ingest")
     # The Kafka source fails on a missing topic, and Debezium creates its topics only
     # once the connector runs: create them (compacted) so the job can start first.
     ensure_topics(settings)
     store = open_store(settings.store)
     try:  # once, here: the operators only read and write
-        store.ensure(model_dimension(resolve_model(settings.embedding.model)))
+        store.ensure(dim)
     finally:
         store.close()
     topics = [settings.kafka.documents_topic, *settings.cdc.tables]

@@ -239,6 +239,12 @@ class Settings(BaseSettings):
 def _one_line(err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "union_tag_invalid":  # e.g. store.kind: qdrant
+        ctx = first.get("ctx", {})
+        return (
+            f"invalid config: {where}.kind must be one of {ctx.get('expected_tags')},"
+            f" got {ctx.get('tag')!r}"
+        )
     return f"invalid config: {where}: {first['msg']}"
 
 

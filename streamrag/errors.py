@@ -29,6 +29,11 @@ class UserError(Exception):
     is one line for the user, which the CLI prints without a traceback."""
 
 
+class Unreachable(UserError):
+    """A service (Kafka, a store, Kafka Connect) that does not answer: the CLI adds how to
+    start the local stack."""
+
+
 class BadRecord(ValueError):
     """A record that cannot be used as it is; ``str(e)`` is the reason for the dead letters."""
 

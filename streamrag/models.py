@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from streamrag.errors import UserError
+
 if TYPE_CHECKING:  # torch and sentence-transformers take ~5 s to import: load lazily
     from sentence_transformers import SentenceTransformer
 
@@ -126,6 +128,11 @@ def model_dimension(ref: ModelRef) -> int:
     """Output dimension of a sentence-transformers model, read from its module configs
     (the last Dense layer if any, else the pooling layer) without loading the model."""
     path = Path(ref.path)
+    if not (path / "modules.json").is_file():
+        raise UserError(
+            f"model {ref.model_id!r} is not installed here: no sentence-transformers model at"
+            f" {path} (this machine reaches no model hub): use 'bundled' or a local model's path"
+        )
     dim = None
     for module in json.loads((path / "modules.json").read_text()):
         config = path / module["path"] / "config.json"

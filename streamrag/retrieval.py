@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from streamrag.config import Settings
-from streamrag.generations import GenerationError, serving
+from streamrag.errors import UserError
+from streamrag.generations import GenerationError, serving, serving_name
 from streamrag.models import encode
 from streamrag.stores import open_store
 from streamrag.stores.base import Filters, SearchHit
@@ -27,15 +28,17 @@ class Retriever:
     def __init__(self, settings: Settings) -> None:
         from streamrag.models import load_model
 
-        ref = serving_model(settings)
+        current = serving(settings)
+        if current is None:
+            raise NothingIndexed(
+                f"nothing is indexed in {serving_name(settings)} yet: produce documents and"
+                " run the ingest job first (`streamrag produce DIR`, `streamrag run --bounded`)"
+            )
+        ref = model_for(settings, current.model_id)
         try:
             model = load_model(ref, settings.embedding.torch_threads)
         except Exception as e:  # OSError, ValueError, HF errors: the model is not here
-            raise GenerationError(
-                f"the serving index was built with model {ref.model_id!r}, which cannot be"
-                f" loaded here ({type(e).__name__}): set embedding.model to its name or path,"
-                " or serve another generation"
-            ) from None
+            raise GenerationError(model_missing(settings, ref, e)) from None
         self._model = model
         self.model_id = ref.model_id  # the model that embeds the queries: the serving one's
         self._store = open_store(settings.store)
@@ -60,6 +63,24 @@ class Retriever:
 
     def close(self) -> None:
         self._store.close()
+
+
+class NothingIndexed(UserError):
+    """The serving name holds no index yet."""
+
+
+def model_missing(settings: Settings, ref: ModelRef, error: Exception) -> str:
+    """One line on a model that cannot be loaded here."""
+    why = f"{type(error).__name__}"
+    if ref.model_id == settings.embedding.model or ref.path == settings.embedding.model:
+        return (
+            f"model {ref.model_id!r} (embedding.model) is not installed here ({why}): use"
+            " 'bundled' or the path of a sentence-transformers model on this machine"
+        )
+    return (
+        f"the serving index was built with model {ref.model_id!r}, which cannot be loaded"
+        f" here ({why}): install it, or serve another generation"
+    )
 
 
 def serving_model(settings: Settings) -> ModelRef:

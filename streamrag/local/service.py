@@ -15,6 +15,7 @@ from typing import Any
 
 from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.errors import UserError
+from streamrag.local.versions import MIN_JAVA, command_output, java_major
 
 HOST = "127.0.0.1"
 
@@ -122,13 +123,29 @@ class Service:
 
 
 def find_java() -> str:
+    """The java to run services with ($JAVA_HOME's, else PATH's), checked to be 17+."""
     java_home = os.environ.get("JAVA_HOME")
+    found: str | None = None
     if java_home and (Path(java_home) / "bin" / "java").is_file():
-        return str(Path(java_home) / "bin" / "java")
-    found = shutil.which("java")
+        found = str(Path(java_home) / "bin" / "java")
+    found = found or shutil.which("java")
     if not found:
-        raise StackError("java not found: install Java 17+ or set JAVA_HOME")
+        raise StackError(f"java not found: install Java {MIN_JAVA}+ or set JAVA_HOME")
+    major = java_major(command_output([found, "-version"]))
+    if major is None or major < MIN_JAVA:
+        raise StackError(
+            f"java at {found} is version {major or 'unknown'}: Java {MIN_JAVA}+ is needed"
+            " (install it and set JAVA_HOME or put it first on PATH)"
+        )
     return found
+
+
+def port_setting(settings: Settings, port: int) -> str:
+    """The name of the stack setting that holds ``port`` (for messages)."""
+    for name, value in settings.stack.model_dump().items():
+        if name.endswith("_port") and value == port:
+            return name.upper()
+    return "<SERVICE>_PORT"
 
 
 _LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>

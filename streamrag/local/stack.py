@@ -34,6 +34,7 @@ from streamrag.local.service import (
     StackError,
     find_java,
     port_free,
+    port_setting,
     show,
     work_dir,
 )
@@ -244,7 +245,11 @@ def up(
         for svc in to_start:
             for port in svc.ports:
                 if not port_free(port):
-                    raise StackError(f"port {port} is already in use by another process")
+                    raise StackError(
+                        f"port {port} ({svc.name}) is already in use by another process:"
+                        f" stop that process, or give {svc.name} another port"
+                        f" (stack.*_port, e.g. STREAMRAG_STACK__{port_setting(settings, port)}=...)"
+                    )
         for name, svc in svcs.items():
             started = time.monotonic()
             pid = running[name]

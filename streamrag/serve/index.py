@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from streamrag.config import Settings
 from streamrag.errors import UserError
 from streamrag.models import encode
-from streamrag.retrieval import fuse, model_for
+from streamrag.retrieval import fuse, model_for, model_missing
 from streamrag.stores import open_catalog, open_store
 from streamrag.stores.base import Filters, GenerationCatalog, SearchHit, StoredChunk, VectorStore
 
@@ -184,10 +184,7 @@ class ServingIndex:
         try:
             return load_model(ref, self.settings.embedding.torch_threads)
         except Exception as e:  # the model is not installed here
-            raise UserError(
-                f"the serving generation was built with model {ref.model_id!r}, which cannot be"
-                f" loaded here ({type(e).__name__}): install it or set embedding.model"
-            ) from None
+            raise UserError(model_missing(self.settings, ref, e)) from None
 
     # -- reads ---------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from streamrag.errors import UserError
+from streamrag.errors import Unreachable, UserError
 from streamrag.records import EmbeddingRecord
 
 # Filters are values, never code: only these fields (and metadata keys matching
@@ -25,6 +25,10 @@ MAX_DOCUMENT_CHUNKS = 16_384  # what document() returns at most (Milvus caps a q
 
 class StoreError(UserError):
     """A store operation that failed; the message is one line for the user."""
+
+
+class StoreUnreachable(StoreError, Unreachable):
+    """The store does not answer."""
 
 
 class BadFilter(StoreError):

@@ -38,6 +38,7 @@ from streamrag.stores.base import (
     SearchHit,
     StoredChunk,
     StoreError,
+    StoreUnreachable,
     check_k,
 )
 from streamrag.stores.schema import (
@@ -82,7 +83,9 @@ class MilvusStore:
         try:
             self._client = _connect(config.uri, token)
         except Exception as e:  # pymilvus raises several types for "cannot connect"
-            raise StoreError(f"cannot reach Milvus at {config.uri}: {e}".splitlines()[0]) from e
+            raise StoreUnreachable(
+                f"cannot reach Milvus at {config.uri}: {e}".splitlines()[0]
+            ) from e
 
     @property
     def client(self) -> MilvusClient:

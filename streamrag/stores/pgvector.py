@@ -50,6 +50,7 @@ from streamrag.stores.base import (
     SearchHit,
     StoredChunk,
     StoreError,
+    StoreUnreachable,
     check_k,
 )
 from streamrag.stores.schema import (
@@ -369,7 +370,7 @@ def open_pool(config: PgvectorConfig, name: str) -> ConnectionPool[Connection]:
         pool.open(wait=True, timeout=20)
     except psycopg.Error as e:
         pool.close()
-        raise StoreError(f"cannot reach PostgreSQL at {where}: {e}".splitlines()[0]) from e
+        raise StoreUnreachable(f"cannot reach PostgreSQL at {where}: {e}".splitlines()[0]) from e
     return pool
 
 
