@@ -103,3 +103,19 @@ def pipeline(request: pytest.FixtureRequest, stack: Settings) -> Iterator[Pipeli
     p = make_pipeline(stack, request.param)
     yield p
     generations.drop_all(p.settings)
+
+
+@pytest.fixture(scope="session")
+def second_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A second offline model: the bundled MiniLM weights with max pooling instead of mean
+    pooling, saved as a local sentence-transformers model. Same size, other vectors."""
+    from sentence_transformers import SentenceTransformer, models
+
+    from streamrag.models import load_model, resolve_model
+
+    transformer = load_model(resolve_model("bundled"))[0]
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="max")
+    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    path = tmp_path_factory.mktemp("models") / "minilm-max-pooling"
+    model.save(str(path))
+    return str(path)

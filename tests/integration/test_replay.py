@@ -208,22 +208,6 @@ def test_retriever_uses_the_serving_generations_model(ingested: Pipeline):
     assert generations.serving(settings).model_id == BUNDLED_MODEL_ID
 
 
-@pytest.fixture(scope="module")
-def second_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A second offline model: the bundled MiniLM weights with max pooling instead of mean
-    pooling, saved as a local sentence-transformers model. Same size, other vectors."""
-    from sentence_transformers import SentenceTransformer, models
-
-    from streamrag.models import load_model, resolve_model
-
-    transformer = load_model(resolve_model("bundled"))[0]
-    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="max")
-    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
-    path = tmp_path_factory.mktemp("models") / "minilm-max-pooling"
-    model.save(str(path))
-    return str(path)
-
-
 def test_a_full_replay_with_another_model_switches_searches_to_it(
     ingested: Pipeline, second_model: str
 ):

@@ -419,19 +419,6 @@ def test_langchain_retriever(served):
 # -- following the serving generation --------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def second_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The bundled MiniLM weights with max pooling: another model, other vectors."""
-    from sentence_transformers import SentenceTransformer, models
-
-    transformer = load_model(resolve_model("bundled"))[0]
-    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="max")
-    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
-    path = tmp_path_factory.mktemp("models") / "minilm-max-pooling"
-    model.save(str(path))
-    return str(path)
-
-
 def test_swap_and_rollback_under_concurrent_requests(served, second_model):
     settings = served.settings
     first = generations.serving(settings)
