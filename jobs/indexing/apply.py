@@ -90,6 +90,10 @@ class Latest(Generic[T]):
         self._upserts.clear()
         return items
 
+    def trims(self) -> list[ChunkRecord]:
+        """The latest trim of each document, by doc id (kept)."""
+        return [self._trims[doc] for doc in sorted(self._trims)]
+
     def take_trims(self) -> list[ChunkRecord]:
         trims = [self._trims[doc] for doc in sorted(self._trims)]
         self._trims.clear()

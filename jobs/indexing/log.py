@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from jobs.indexing.apply import Latest
 from streamrag.errors import BadRecord, UserError
-from streamrag.records import EmbeddingRecord
+from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores.base import VectorStore
 
 
@@ -94,6 +94,10 @@ class LogState:
                     np.asarray(record.vector, np.float32),
                 ),
             )
+
+    def trims(self) -> list[ChunkRecord]:
+        """The latest trim of each document seen so far."""
+        return self._latest.trims()
 
     @property
     def upserts(self) -> int:
