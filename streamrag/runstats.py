@@ -30,14 +30,14 @@ class Summary:
     documents: int = 0
     embedded: int = 0
     reused: int = 0
-    trims: int = 0
+    deleted: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
 
     def lines(self) -> list[str]:
         out = [
             f"read {self.records_read} source records in {self.wall_s:.1f} s:"
             f" {self.documents} documents changed, {self.embedded} chunks embedded,"
-            f" {self.reused} reused, {self.trims} documents deleted or shortened,"
+            f" {self.reused} reused, {self.deleted} documents deleted,"
             f" {sum(self.dead_letters.values())} dead letters"
         ]
         out += [f"  dead letters: {n} x {reason}" for reason, n in self.dead_letters.most_common()]
@@ -70,7 +70,9 @@ def summarize(settings: Settings, marks: Marks) -> Summary:
         chunk = record.get("chunk", {})
         docs.add(str(chunk.get("doc_id")))
         if chunk.get("op") == "trim":
-            summary.trims += 1
+            # Every document event ends with a trim of the positions past its last chunk;
+            # from position 0, it deletes the document.
+            summary.deleted += chunk.get("position") == 0
         elif record.get("embedded"):
             summary.embedded += 1
         else:

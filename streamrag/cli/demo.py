@@ -76,7 +76,10 @@ def demo(ctx: typer.Context) -> None:
     ensure_topics(settings)
     say("  " + produce_folder(settings, CORPUS).line())
     for line in run_job(["run", "--bounded"]):
-        say("  ingest job (bounded): " + line if not line.startswith(" ") else "  " + line)
+        if line.startswith("read "):  # the run's summary (runstats.Summary.lines)
+            say("  ingest job (bounded): " + line)
+        elif line.startswith("  dead letters: "):
+            say("  " + line)
     retriever = Retriever(settings)
     try:
         before = answer(retriever, QUESTION)
@@ -127,8 +130,10 @@ def cdc(settings: Settings, retriever: Retriever) -> None:
     with log.open("w") as out:
         job = subprocess.Popen([CLI, "run"], stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
     try:
-        say(f"  connector {name} RUNNING ({tables}); ingest job streaming (log: {log})")
         with psycopg.connect(dsn, autocommit=True) as conn:
+            up = wait_until_streaming(conn, retriever, job)
+            say(f"  connector {name} RUNNING ({tables})")
+            say(f"  ingest job streaming, up in {up:.1f} s (log: {log})")
             row = conn.execute(
                 "INSERT INTO kb.articles (tenant, title, body) VALUES ('demo', %s, %s)"
                 " RETURNING id",
@@ -175,6 +180,27 @@ def cdc(settings: Settings, retriever: Retriever) -> None:
             job.wait(timeout=60)
         except subprocess.TimeoutExpired:
             job.kill()
+
+
+def wait_until_streaming(
+    conn: psycopg.Connection[tuple[object, ...]], retriever: Retriever, job: subprocess.Popen[bytes]
+) -> float:
+    """Seconds until the streaming job indexes a probe row (a kb.faq row, deleted after):
+    the changes timed next then measure a running job, not its start-up."""
+    started = time.monotonic()
+    conn.execute(
+        "INSERT INTO kb.faq (tenant, slug, question, answer) VALUES ('demo', 'probe', %s, %s)"
+        " ON CONFLICT (tenant, slug) DO UPDATE SET answer = EXCLUDED.answer",
+        ["Is the demo's ingest job up?", f"Yes, since {time.time():.0f}."],
+    )
+    wait_for(
+        lambda: first(retriever, "Is the demo's ingest job up?", "kb.faq:demo:probe"),
+        300,
+        "the ingest job to start",
+        job,
+    )
+    conn.execute("DELETE FROM kb.faq WHERE tenant = 'demo' AND slug = 'probe'")
+    return time.monotonic() - started
 
 
 def run_job(args: list[str]) -> list[str]:

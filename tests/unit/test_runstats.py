@@ -15,12 +15,12 @@ def test_the_summary_says_what_the_run_did():
         documents=11,
         embedded=90,
         reused=4,
-        trims=2,
+        deleted=2,
         dead_letters=Counter({"normalize: value is not valid JSON": 1}),
     )
     assert summary.lines() == [
         "read 12 source records in 31.3 s: 11 documents changed, 90 chunks embedded, 4 reused,"
-        " 2 documents deleted or shortened, 1 dead letters",
+        " 2 documents deleted, 1 dead letters",
         "  dead letters: 1 x normalize: value is not valid JSON",
     ]
 
