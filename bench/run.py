@@ -48,7 +48,7 @@ def paragraphs() -> list[str]:
     out = []
     for path in sorted((PROJECT_ROOT / "samples" / "corpus").iterdir()):
         kind = {".md": "markdown", ".html": "html"}.get(path.suffix, "text")
-        text = clean(path.read_text(encoding="utf-8"), kind)
+        text = clean(path.read_text(encoding="utf-8"), kind).text
         out += [p for p in text.split("\n\n") if len(p) > 200 and not p.startswith("#")]
     return out
 

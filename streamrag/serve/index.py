@@ -63,27 +63,75 @@ class _Retired:
     since: float = field(default_factory=time.monotonic)
 
 
-class QueryEmbedder:
-    """One model's query embeddings, with an LRU cache for repeated queries. Calls into
-    the model are serialized: on CPU torch already uses the cores for one."""
+@dataclass(slots=True)
+class _Waiting:
+    text: str
+    vector: list[float] | None = None
+    error: BaseException | None = None
 
-    def __init__(self, model: SentenceTransformer, cache_size: int) -> None:
+
+class QueryEmbedder:
+    """One model's query embeddings, batched across concurrent requests, with an LRU cache
+    for repeated queries.
+
+    Leader and followers: a request that finds the model idle encodes every query waiting
+    (up to ``max_batch``) in one call; requests that arrive meanwhile wait, and the next
+    one to find the model idle takes them all. On CPU one call of 8 short queries costs
+    little more than one, so latency under concurrency stays near one call's, and a lone
+    query is never held back by a timer."""
+
+    def __init__(self, model: SentenceTransformer, cache_size: int, max_batch: int = 32) -> None:
         self._model = model
         self._size = cache_size
+        self._max_batch = max_batch
         self._cache: OrderedDict[str, list[float]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache_lock = threading.Lock()
+        self._turn = threading.Condition()
+        self._waiting: list[_Waiting] = []
+        self._busy = False
 
     def __call__(self, text: str) -> list[float]:
-        with self._lock:
+        with self._cache_lock:
             if text in self._cache:
                 self._cache.move_to_end(text)
                 return self._cache[text]
-            vector = encode(self._model, [text])[0]
-            if self._size:
-                self._cache[text] = vector
-                if len(self._cache) > self._size:
+        mine = _Waiting(text)
+        with self._turn:
+            self._waiting.append(mine)
+            while mine.vector is None and mine.error is None:
+                if self._busy:
+                    self._turn.wait()
+                    continue
+                self._busy = True
+                batch = self._waiting[: self._max_batch]
+                del self._waiting[: self._max_batch]
+                self._turn.release()
+                try:
+                    self._encode(batch)
+                finally:
+                    self._turn.acquire()
+                    self._busy = False
+                    self._turn.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        assert mine.vector is not None
+        return mine.vector
+
+    def _encode(self, batch: list[_Waiting]) -> None:
+        try:
+            vectors = encode(self._model, [w.text for w in batch], batch_size=len(batch))
+        except Exception as e:  # every waiting request gets the error
+            for w in batch:
+                w.error = e
+            return
+        for w, vector in zip(batch, vectors, strict=True):
+            w.vector = vector
+        if self._size:
+            with self._cache_lock:
+                for w in batch:
+                    self._cache[w.text] = w.vector  # type: ignore[assignment]
+                while len(self._cache) > self._size:
                     self._cache.popitem(last=False)
-            return vector
 
 
 class ServingIndex:
