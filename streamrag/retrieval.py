@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from streamrag.config import Settings
+from streamrag.config import ServeConfig, Settings
 from streamrag.errors import UserError
 from streamrag.generations import GenerationError, serving, serving_name
 from streamrag.models import encode
 from streamrag.stores import open_store
-from streamrag.stores.base import Filters, SearchHit
+from streamrag.stores.base import Filters, SearchHit, VectorStore
 
 if TYPE_CHECKING:
     from streamrag.models import ModelRef
@@ -42,6 +42,7 @@ class Retriever:
         self._model = model
         self.model_id = ref.model_id  # the model that embeds the queries: the serving one's
         self._store = open_store(settings.store)
+        self._serve = settings.serve
 
     def search(
         self,
@@ -49,17 +50,9 @@ class Retriever:
         k: int = 5,
         filters: Filters | None = None,
         mode: Literal["dense", "hybrid"] = "dense",
-        candidates: int = 50,
-        rrf_k: int = 60,
     ) -> list[SearchHit]:
-        """The k chunks nearest ``text``; ``hybrid``: the dense and the lexical search's
-        best ``candidates`` fused by reciprocal rank."""
         vector = encode(self._model, [text])[0]
-        if mode == "dense":
-            return self._store.search(vector, k, filters)
-        n = max(k, candidates)
-        dense = self._store.search(vector, n, filters)
-        return fuse([dense, self._store.lexical_search(text, n, filters)], k, rrf_k)
+        return search_store(self._store, self._serve, text, vector, k, filters, mode)
 
     def close(self) -> None:
         self._store.close()
@@ -101,6 +94,24 @@ def model_for(settings: Settings, model_id: str) -> ModelRef:
     if model_id == BUNDLED_MODEL_ID:
         return resolve_model(BUNDLED)
     return resolve_model(model_id)  # a sentence-transformers name or path, loaded offline
+
+
+def search_store(
+    store: VectorStore,
+    serve: ServeConfig,
+    text: str,
+    vector: Sequence[float],
+    k: int,
+    filters: Filters | None,
+    mode: Literal["dense", "hybrid"],
+) -> list[SearchHit]:
+    """The k chunks nearest ``vector`` (``text`` embedded); ``hybrid``: the dense and the
+    lexical search's best ``serve.hybrid_candidates`` fused by reciprocal rank."""
+    if mode == "dense":
+        return store.search(vector, k, filters)
+    n = max(k, serve.hybrid_candidates)
+    dense = store.search(vector, n, filters)
+    return fuse([dense, store.lexical_search(text, n, filters)], k, serve.rrf_k)
 
 
 def fuse(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_k: int = 60) -> list[SearchHit]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from streamrag.config import Settings
 from streamrag.errors import UserError
 from streamrag.models import encode
-from streamrag.retrieval import fuse, model_for, model_missing
+from streamrag.retrieval import model_for, model_missing, search_store
 from streamrag.stores import open_catalog, open_store
 from streamrag.stores.base import Filters, GenerationCatalog, SearchHit, StoredChunk, VectorStore
 
@@ -128,8 +128,8 @@ class QueryEmbedder:
             w.vector = vector
         if self._size:
             with self._cache_lock:
-                for w in batch:
-                    self._cache[w.text] = w.vector  # type: ignore[assignment]
+                for w, vector in zip(batch, vectors, strict=True):
+                    self._cache[w.text] = vector
                 while len(self._cache) > self._size:
                     self._cache.popitem(last=False)
 
@@ -245,13 +245,7 @@ class ServingIndex:
     def search(self, query: str, k: int, filters: Filters, mode: Mode = "dense") -> SearchResult:
         s = self.current()  # one generation and one model for the whole request
         vector = s.embed(query)
-        if mode == "dense":
-            hits = s.store.search(vector, k, filters)
-        else:
-            n = max(k, self.settings.serve.hybrid_candidates)
-            dense = s.store.search(vector, n, filters)
-            lexical = s.store.lexical_search(query, n, filters)
-            hits = fuse([dense, lexical], k, self.settings.serve.rrf_k)
+        hits = search_store(s.store, self.settings.serve, query, vector, k, filters, mode)
         return SearchResult(s.generation, s.model_id, mode, hits)
 
     def document(self, doc_id: str, filters: Filters) -> tuple[Serving, list[StoredChunk]]:

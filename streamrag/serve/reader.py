@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from streamrag.errors import UserError
+from streamrag.limits import DOC_ID_BYTES
 from streamrag.serve.auth import Principal
 from streamrag.serve.index import ServingIndex
 from streamrag.stores.base import Filters, SearchHit, StoredChunk
@@ -84,8 +85,8 @@ class Reader:
         }
 
     def document(self, principal: Principal, doc_id: str) -> dict[str, Any]:
-        if not doc_id or len(doc_id.encode("utf-8", "surrogatepass")) > 1024:
-            raise UserError("doc id must be 1 to 1024 bytes")
+        if not doc_id or len(doc_id.encode("utf-8", "surrogatepass")) > DOC_ID_BYTES.value:
+            raise UserError(f"doc id must be 1 to {DOC_ID_BYTES.value} bytes")
         serving, chunks = self.index.document(doc_id, principal.scope(Filters()))
         if not chunks:  # missing, or another tenant's: the same answer
             raise LookupError(f"no document {doc_id!r}")

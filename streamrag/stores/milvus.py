@@ -79,6 +79,7 @@ transient = retry(
 class MilvusStore:
     def __init__(self, config: MilvusConfig, collection: str | None = None) -> None:
         self.collection = collection or config.collection
+        self._has_lexical = False
         token = config.token.get_secret_value() if config.token else ""
         try:
             self._client = _connect(config.uri, token)
@@ -205,8 +206,11 @@ class MilvusStore:
         """BM25 over the analysed text (Milvus's full-text search)."""
         if check_k(k) == 0:
             return []
-        fields = {f["name"] for f in self._describe()["fields"]}
-        if LEXICAL not in fields:
+        # Asked once per store while the answer is yes (a collection never loses a field),
+        # not on every query.
+        if not self._has_lexical:
+            self._has_lexical = LEXICAL in {f["name"] for f in self._describe()["fields"]}
+        if not self._has_lexical:
             raise StoreError(
                 f"collection {self.collection} was built before lexical search: rebuild it"
                 " into a new generation (`streamrag replay full`) to use hybrid mode"

@@ -104,6 +104,7 @@ class PgvectorStore:
         self.table = check_table_name(table or config.table)
         self._t = sql.Identifier(self.table)
         self._upsert_sql = _upsert_sql(self._t)
+        self._lexical = False
         self._pool = open_pool(config, self.table)
 
     @one_line
@@ -216,7 +217,9 @@ class PgvectorStore:
         where, params = _where(filters, matches)
         params.update(q=text, k=k, config=TEXT_SEARCH_CONFIG)
         with self.connection() as conn:
-            if not self._has_lexical(conn):
+            # Asked once per store while the answer is yes, not on every query.
+            self._lexical = self._lexical or self._has_lexical(conn)
+            if not self._lexical:
                 raise StoreError(
                     f"{self.table} was built before lexical search: rebuild it into a new"
                     " generation (`streamrag replay full`) to use hybrid mode"
