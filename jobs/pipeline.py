@@ -6,15 +6,19 @@ Pipeline (one Flink job; every operator has a stable uid):
       -> normalize     record -> DocumentEvent, checked against every declared limit
       -> key by doc id
       -> chunk         clean, chunk, diff with doc state      -> `chunks` topic
-      -> embed         one model call per document event, vectors reused by content hash
-      -> index         version-guarded upsert, then trim      -> `embeddings` topic
+      -> key by batch key (many documents per key)
+      -> embed         event batches gathered in state, one model call per flush,
+                       vectors reused by content hash, one store read per flush
+      -> index         version-guarded upserts, then trims, per flush  -> `embeddings` topic
     each operator's dead letters                              -> `dead-letters` topic
 
-Between chunk, embed and index a record is a *batch*: the records of one document event
-(streamrag.operators). Every operator has an error boundary (streamrag.boundary): a record
-that fails for a reason of its own goes to the dead-letter topic with the stage, the error
-and its origin, and the job goes on; a failure of the environment fails the task, and
-Flink restarts it from the last checkpoint.
+Between chunk and embed a record is an *event batch*: the records of one document event;
+between embed and index a *flush*: the event batches of many documents (streamrag.operators,
+jobs.embedding.batching). Every operator has an error boundary (streamrag.boundary): a
+record that fails for a reason of its own goes to the dead-letter topic with the stage, the
+error and its origin, and the job goes on; a failure of the environment fails the task,
+and Flink restarts it from the last checkpoint. When a flush fails as a whole for a
+reason of its own, its events are retried one by one to dead-letter only the culprit.
 
 Stage logic lives in jobs.chunking / jobs.embedding / jobs.indexing as plain Python;
 the classes here only decode, call, encode and route errors.
@@ -26,7 +30,7 @@ Run locally: ``streamrag run`` (or ``python -m jobs.pipeline``); on a cluster:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,30 +42,46 @@ from pyflink.datastream import (
     RuntimeContext,
     StreamExecutionEnvironment,
 )
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from jobs.chunking.normalize import normalize_record
 from jobs.chunking.planner import DocState
 from jobs.chunking.stage import ChunkStage
+from jobs.embedding.batching import batch_key
 from jobs.embedding.embedder import Embedder
 from jobs.indexing.apply import apply_records
 from streamrag.config import Settings
+from streamrag.errors import classify
 from streamrag.flink import KEYED_ROW, add_kafka_sink, create_context, kafka_source, run_job_main
 from streamrag.kafka import ensure_topics
-from streamrag.models import load_model, model_dimension, resolve_model
+from streamrag.models import load_model, model_dimension, pick_device, resolve_model
 from streamrag.operators import (
     BATCH_ROW,
     DEAD_LETTERS,
     EVENT_ROW,
+    FLUSH_ROW,
     GuardedFunction,
-    batch_origin,
     batch_row,
+    flush_row,
     preview,
+    record_jsons,
     unbatch,
+    unflush,
 )
-from streamrag.records import ChunkRecord, DocumentEvent, EmbeddingRecord, Origin
+from streamrag.records import (
+    ChunkRecord,
+    DocumentEvent,
+    EmbeddingRecord,
+    EventBatch,
+    Origin,
+    event_json,
+    events_from_json,
+)
 from streamrag.stores import open_store
-from streamrag.stores.base import stored_vectors
+
+# An event-time timer here fires only at the end of a bounded input (its final watermark);
+# the job has no watermarks otherwise.
+END_OF_INPUT = 2**63 - 1
 
 
 class NormalizeRecords(GuardedFunction, ProcessFunction):
@@ -127,10 +147,17 @@ class ChunkDocuments(GuardedFunction, KeyedProcessFunction):
             yield out
 
 
-class EmbedChunks(GuardedFunction, ProcessFunction):
-    """Chunk batch -> embedding batch; the model loads once per worker, in open().
+class EmbedChunks(GuardedFunction, KeyedProcessFunction):
+    """Event batches of many documents -> one model call -> one flush to the index stage.
 
-    Vectors already in the index for the same (model, content hash) are reused."""
+    Keyed by batch key (jobs.embedding.batching): the waiting event batches are Flink
+    list state, so a checkpoint holds them and a restore brings them back with their
+    timer; nothing is lost or reordered. A flush happens when
+    ``embedding.max_batch_chunks`` upserts wait, ``embedding.max_wait_ms`` after the
+    first of them arrived (a processing-time timer), or at the end of a bounded input
+    (an event-time timer that only the final watermark reaches). One store read per
+    flush finds reusable vectors (same model, same content hash) and the stored versions
+    that the index stage's guard needs. The model loads once per worker, in open()."""
 
     stage = "embed"
 
@@ -141,41 +168,91 @@ class EmbedChunks(GuardedFunction, ProcessFunction):
         self.open_boundary(self._settings, runtime_context)
         cfg = self._settings.embedding
         ref = resolve_model(cfg.model)
+        device = pick_device(cfg.device) if not ref.hashing else "cpu"
         self._embedder = Embedder(
-            load_model(ref, cfg.torch_threads),
+            load_model(ref, cfg.torch_threads, device, cfg.cuda_half_precision),
             ref.model_id,
-            cfg.batch_size,
+            cfg.batch_size_on(device),
             cfg.cache_entries,
             self._settings.chunking.embed_heading,
         )
         self._store = open_store(self._settings.store)
+        self._waiting = runtime_context.get_list_state(
+            ListStateDescriptor("waiting", Types.STRING())
+        )
+        self._waiting_chunks = runtime_context.get_state(
+            ValueStateDescriptor("waiting_chunks", Types.INT())
+        )
         metrics = runtime_context.get_metrics_group()
         self._embedded, self._reused = metrics.counter("embedded"), metrics.counter("reused")
+        self._flushes = metrics.counter("flushes")
 
-    def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        origin = batch_origin(row)
-        try:
-            chunks = [ChunkRecord.from_dict(r) for r in json.loads(row["records"])]
-            records = self._embedder.embed(chunks, self._known_vectors(chunks))
-            out = batch_row(row["doc_id"], origin, records, self._settings.kafka.embeddings_topic)
-        except Exception as e:
-            yield self.dead_letter(e, origin, row["doc_id"], None)
+    def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        self._waiting.add(row["batch"])
+        before = self._waiting_chunks.value() or 0
+        waiting = before + max(1, row["upserts"])
+        if waiting >= self._settings.embedding.max_batch_chunks:
+            yield from self._flush()
             return
+        self._waiting_chunks.update(waiting)
+        if before == 0:
+            timers = ctx.timer_service()
+            timers.register_processing_time_timer(
+                timers.current_processing_time() + self._settings.embedding.max_wait_ms
+            )
+            timers.register_event_time_timer(END_OF_INPUT)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        yield from self._flush()
+
+    def _flush(self) -> Iterator[Any]:
+        events = [EventBatch.from_json(raw) for raw in self._waiting.get()]
+        self._waiting.clear()
+        self._waiting_chunks.clear()
+        if not events:
+            return
+        self._flushes.inc()
+        try:
+            yield self._embed(events)
+            return
+        except Exception as e:
+            if classify(e) == "transient" or len(events) == 1:
+                yield self.dead_letter(e, events[0].origin, events[0].doc_id, None)
+                return
+        # Something in the batch is wrong: embed event by event to find which.
+        for event in events:
+            try:
+                yield self._embed([event])
+            except Exception as e:
+                yield self.dead_letter(e, event.origin, event.doc_id, None)
+
+    def _embed(self, events: list[EventBatch]) -> Row:
+        chunks = [[ChunkRecord.from_dict(r) for r in e.records] for e in events]
+        ids = [c.chunk_id for batch in chunks for c in batch if c.op == "upsert"]
+        stored = self._store.get(ids, with_vectors=True) if ids else []
+        model = self._embedder.model_id
+        known = {
+            s.content_hash: s.vector for s in stored if s.model_id == model and s.vector is not None
+        }
+        records = self._embedder.embed([c for batch in chunks for c in batch], known)
+        topic = self._settings.kafka.embeddings_topic
+        out, at = [], 0
+        for event, batch in zip(events, chunks, strict=True):
+            mine = records[at : at + len(batch)]
+            at += len(batch)
+            out.append(event_json(event.doc_id, event.origin, record_jsons(mine, topic)))
         embedded = sum(r.embedded for r in records)
         self._embedded.inc(embedded)
         self._reused.inc(sum(r.chunk.op == "upsert" for r in records) - embedded)
-        yield out
-
-    def _known_vectors(self, chunks: Sequence[ChunkRecord]) -> dict[str, list[float]]:
-        ids = [c.chunk_id for c in chunks if c.op == "upsert"]
-        return stored_vectors(self._store, ids, self._embedder.model_id)
+        return flush_row(out, {s.chunk_id: s.version for s in stored})
 
     def close(self) -> None:
         self._store.close()
 
 
 class IndexEmbeddings(GuardedFunction, ProcessFunction):
-    """Apply a batch of embedding records to the vector store, then pass it on."""
+    """Apply a flush (embedding records of many documents) to the vector store: its
+    upserts in batches, version-guarded, then its trims in one call; then pass it on."""
 
     stage = "index"
 
@@ -187,14 +264,30 @@ class IndexEmbeddings(GuardedFunction, ProcessFunction):
         self._store = open_store(self._settings.store)
 
     def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        events = events_from_json(row["events"])
+        stored = json.loads(row["stored"])
         try:
-            apply_records(
-                self._store, [EmbeddingRecord.from_dict(r) for r in json.loads(row["records"])]
-            )
-        except Exception as e:
-            yield self.dead_letter(e, batch_origin(row), row["doc_id"], None)
+            self._apply(events, stored)
+            yield row
             return
-        yield row
+        except Exception as e:
+            if classify(e) == "transient" or len(events) == 1:
+                yield self.dead_letter(e, events[0].origin, events[0].doc_id, None)
+                return
+        # Something in the flush is wrong: write event by event to find which.
+        kept = []
+        for event in events:
+            try:
+                self._apply([event], stored)
+                kept.append(event)
+            except Exception as e:
+                yield self.dead_letter(e, event.origin, event.doc_id, None)
+        if kept:
+            yield flush_row([e.to_json() for e in kept], stored)
+
+    def _apply(self, events: list[EventBatch], stored: dict[str, int]) -> None:
+        records = [EmbeddingRecord.from_dict(r) for e in events for r in e.records]
+        apply_records(self._store, records, stored)
 
     def close(self) -> None:
         self._store.close()
@@ -224,11 +317,15 @@ def stages(settings: Settings, raw: DataStream) -> Stages:
         .uid("chunk")
         .name("chunk")
     )
+    parallelism = settings.flink.parallelism
     embeddings = (
-        chunks.process(EmbedChunks(settings), output_type=BATCH_ROW).uid("embed").name("embed")
+        chunks.key_by(lambda r: batch_key(r["doc_id"], parallelism), key_type=Types.INT())
+        .process(EmbedChunks(settings), output_type=FLUSH_ROW)
+        .uid("embed")
+        .name("embed")
     )
     indexed = (
-        embeddings.process(IndexEmbeddings(settings), output_type=BATCH_ROW)
+        embeddings.process(IndexEmbeddings(settings), output_type=FLUSH_ROW)
         .uid("index")
         .name("index")
     )
@@ -260,7 +357,7 @@ def build(settings: Settings, bounded: bool = False) -> StreamExecutionEnvironme
         .name("chunk-records")
     )
     embedding_rows = (
-        out.indexed.flat_map(unbatch, output_type=KEYED_ROW)
+        out.indexed.flat_map(unflush, output_type=KEYED_ROW)
         .uid("embedding-records")
         .name("embedding-records")
     )

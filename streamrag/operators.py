@@ -1,10 +1,12 @@
 """Flink glue for the jobs' operators: rows between stages, dead letters, error boundary.
 
-Between the chunk, embed and index operators a record is a *batch*: the records of one
-document event as one row (doc id, origin, records as a JSON list). A batch is one element
-to Flink, so nothing sits in an operator buffer at a checkpoint, and a document's upserts
-and trim stay together and in order. Every record of a batch must fit the topic it will
-be written to (streamrag.limits), which is checked when the batch is made.
+Between the chunk and embed operators a record is an *event batch*: the records of one
+document event as one row (jobs.embedding.batching.EventBatch), so that a document's
+upserts and trim stay together and in order. The embed operator gathers event batches of
+many documents in Flink state and passes them on together (a *flush*: the events, and
+the versions the store held for their chunks) to the index operator. Every record must
+fit the topic it will be written to (streamrag.limits), which is checked when its batch
+is made.
 
 :class:`GuardedFunction` gives an operator its per-record error boundary
 (streamrag.boundary): a record that fails for a reason of its own becomes a row on the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, RuntimeContext
@@ -24,15 +27,37 @@ from streamrag.boundary import ErrorBoundary, FailureLedger
 from streamrag.config import Settings
 from streamrag.flink import KEYED_ROW
 from streamrag.limits import topic_record_size
-from streamrag.records import ChunkRecord, DeadLetter, EmbeddingRecord, Origin
+from streamrag.records import (
+    ChunkRecord,
+    DeadLetter,
+    EmbeddingRecord,
+    EventBatch,
+    Origin,
+    event_json,
+    events_from_json,
+)
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_ROW)
 EVENT_ROW = Types.ROW_NAMED(["doc_id", "event"], [Types.STRING(), Types.STRING()])
+# One document event's records: ``batch`` is EventBatch JSON.
 BATCH_ROW = Types.ROW_NAMED(
-    ["doc_id", "origin", "records"], [Types.STRING(), Types.STRING(), Types.STRING()]
+    ["doc_id", "batch", "upserts"], [Types.STRING(), Types.STRING(), Types.INT()]
 )
+# Event batches of many documents: ``events`` is a JSON list of EventBatch, ``stored`` the
+# versions the store held for their chunk ids when the embed stage read them.
+FLUSH_ROW = Types.ROW_NAMED(["events", "stored"], [Types.STRING(), Types.STRING()])
+
+
+def record_jsons(
+    records: Sequence[ChunkRecord] | Sequence[EmbeddingRecord], topic: str
+) -> list[str]:
+    """The records' JSON, each checked to fit ``topic``."""
+    values = [r.to_json() for r in records]
+    for value in values:
+        topic_record_size(value, f"a record for topic {topic}")
+    return values
 
 
 def batch_row(
@@ -42,24 +67,38 @@ def batch_row(
     topic: str,
 ) -> Row:
     """The records of one document event as one row; each record must fit ``topic``."""
-    values = [r.to_json() for r in records]
-    for value in values:
-        topic_record_size(value, f"a record for topic {topic}")
     return Row(
         doc_id=doc_id,
-        origin=json.dumps([origin.topic, origin.partition, origin.offset]),
-        records="[" + ",".join(values) + "]",
+        batch=event_json(doc_id, origin, record_jsons(records, topic)),
+        upserts=sum(_op(r) == "upsert" for r in records),
     )
 
 
-def batch_origin(row: Row) -> Origin:
-    topic, partition, offset = json.loads(row["origin"])
-    return Origin(str(topic), int(partition), int(offset))
+def _op(record: ChunkRecord | EmbeddingRecord) -> str:
+    return record.op if isinstance(record, ChunkRecord) else record.chunk.op
+
+
+def flush_row(events: Sequence[str], stored_versions: dict[str, int]) -> Row:
+    """Event batches (EventBatch JSON each) as one row, with the versions read for them."""
+    return Row(
+        events="[" + ",".join(events) + "]",
+        stored=json.dumps(stored_versions, separators=(",", ":")),
+    )
 
 
 def unbatch(row: Row) -> Iterator[Row]:
-    """A batch row -> one KEYED_ROW per record (key = chunk id), for the topics."""
-    for record in json.loads(row["records"]):
+    """A batch row -> one KEYED_ROW per record (key = chunk id), for the chunks topic."""
+    yield from _keyed(EventBatch.from_json(row["batch"]).records)
+
+
+def unflush(row: Row) -> Iterator[Row]:
+    """A flush row -> one KEYED_ROW per record, in order, for the embeddings topic."""
+    for event in events_from_json(row["events"]):
+        yield from _keyed(event.records)
+
+
+def _keyed(records: list[dict[str, Any]]) -> Iterator[Row]:
+    for record in records:
         chunk = record.get("chunk", record)
         yield Row(
             k=chunk["chunk_id"], v=json.dumps(record, ensure_ascii=False, separators=(",", ":"))

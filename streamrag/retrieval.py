@@ -36,7 +36,8 @@ class Retriever:
             )
         ref = model_for(settings, current.model_id)
         try:
-            model = load_model(ref, settings.embedding.torch_threads)
+            cfg = settings.embedding
+            model = load_model(ref, cfg.torch_threads, cfg.device, cfg.cuda_half_precision)
         except Exception as e:  # OSError, ValueError, HF errors: the model is not here
             raise GenerationError(model_missing(settings, ref, e)) from None
         self._model = model

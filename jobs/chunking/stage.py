@@ -27,7 +27,7 @@ from jobs.chunking.planner import ChunkPlan, DocState, is_stale, plan_document
 from streamrag.config import ChunkingConfig
 from streamrag.errors import BadRecord
 from streamrag.limits import CHUNK_TEXT_BYTES, check_metadata, clean_title, exceeded, utf8_size
-from streamrag.models import ModelRef, ModelTokenizer
+from streamrag.models import ModelRef, ModelTokenizer, tokenizer_model
 from streamrag.records import DocumentEvent, model_input
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class ChunkStage:
         """The stage for chunks that ``model`` embeds: its tokenizer is the hard limit.
         tiktoken tokens are rarely smaller than word pieces, so the budget is clamped to
         the model's length less its special tokens."""
-        tokenizer = ModelTokenizer(model)
+        tokenizer = ModelTokenizer(tokenizer_model(model))
         return cls(
             config, tokenizer.fits, tokenizer.max_length - SPECIAL_TOKENS, tokenizer.unknown_share
         )

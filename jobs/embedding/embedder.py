@@ -3,7 +3,10 @@
 A chunk whose (model id, content hash) was embedded before reuses that vector
 (``embedded=False``): from this worker's cache, or from ``known`` vectors the caller found
 in the index (so a restarted job does not re-embed what is already indexed). Only the
-rest go to the model, in one batch. Trim markers pass through untouched.
+rest go to the model, in one call, longest first: consecutive inputs of similar length
+make forward passes with little padding (sentence-transformers sorts again inside a call;
+the hashing model does not care). The chunks may come from many documents
+(jobs.embedding.batching). Trim markers pass through untouched.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class Embedder:
                 c.content_hash: model_input(c.text, c.heading_path, self._embed_heading)
                 for c in chunks
                 if c.op == "upsert" and c.content_hash not in self._cache
-            }.items()
+            }.items(),
+            key=lambda item: (-len(item[1]), item[0]),
         )
         fresh = dict(
             zip([h for h, _ in missing], self._encode([t for _, t in missing]), strict=True)

@@ -20,11 +20,11 @@ slice twice changes nothing (invariant 1).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Generic, Protocol, TypeVar
 
 from streamrag.records import ChunkRecord, EmbeddingRecord
-from streamrag.stores.base import VectorStore
+from streamrag.stores.base import Trim, VectorStore
 
 
 class Placed(Protocol):
@@ -102,12 +102,21 @@ class Latest(Generic[T]):
 
 class PendingWrites:
     """Embedding records on their way into a store, by the rules above: upserts are written
-    in batches as they come, trims are held until :meth:`finish`. The live index stage
-    feeds one document event and finishes; the replay feeds the whole log."""
+    in batches as they come, trims are held until :meth:`finish` and written together.
+    The live index stage feeds a batch of document events (of many documents) and
+    finishes; the replay feeds the whole log. ``stored_versions``: what the embed stage
+    read of these chunks' versions (VectorStore.upsert)."""
 
-    def __init__(self, store: VectorStore, batch: int = 256) -> None:
+    def __init__(
+        self,
+        store: VectorStore,
+        batch: int = 256,
+        stored_versions: Mapping[str, int] | None = None,
+    ) -> None:
         self._store = store
         self._batch = batch
+        # Kept up to date with what this writes, so that later batches need no read.
+        self._versions = None if stored_versions is None else dict(stored_versions)
         self._latest: Latest[EmbeddingRecord] = Latest()
 
     def add(self, record: EmbeddingRecord) -> None:
@@ -122,18 +131,33 @@ class PendingWrites:
     def finish(self) -> None:
         """Write what is pending: the upserts, then the latest trim of each document."""
         self._write_upserts()
-        for trim in self._latest.take_trims():
-            self._store.trim(trim.doc_id, trim.position, trim.version)
+        trims = self._latest.take_trims()
+        if trims:
+            self._store.trim(as_trims(trims))
 
     def _write_upserts(self) -> None:
         upserts = self._latest.take_upserts()
         if upserts:
-            self._store.upsert(upserts)
+            self._store.upsert(upserts, self._versions)
+        if self._versions is not None:
+            for r in upserts:
+                known = self._versions.get(r.chunk.chunk_id, -1)
+                self._versions[r.chunk.chunk_id] = max(known, r.chunk.version)
 
 
-def apply_records(store: VectorStore, records: Iterable[EmbeddingRecord]) -> None:
-    """Apply a slice of the log (e.g. one document event) to ``store``, then finish."""
-    pending = PendingWrites(store)
+def as_trims(markers: Iterable[ChunkRecord]) -> list[Trim]:
+    """Trim markers (chunk records with op "trim") as the store's trims."""
+    return [Trim(m.doc_id, m.position, m.version) for m in markers]
+
+
+def apply_records(
+    store: VectorStore,
+    records: Iterable[EmbeddingRecord],
+    stored_versions: Mapping[str, int] | None = None,
+) -> None:
+    """Apply a slice of the log (e.g. a batch of document events) to ``store``: its
+    upserts in batches, then its trims in one call."""
+    pending = PendingWrites(store, stored_versions=stored_versions)
     for record in records:
         pending.add(record)
     pending.finish()

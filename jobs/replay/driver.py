@@ -30,7 +30,7 @@ import yaml
 from confluent_kafka.admin import AdminClient
 from tqdm import tqdm
 
-from jobs.indexing.apply import PendingWrites
+from jobs.indexing.apply import PendingWrites, as_trims
 from jobs.indexing.log import LogState, VerificationError, parse_embedding, verify
 from streamrag import generations as gens
 from streamrag.config import PROJECT_ROOT, MilvusConfig, Settings
@@ -77,8 +77,7 @@ def rematerialize(
         # end a bounded job before close() is through: a replay then kept chunks of
         # deleted documents. Apply the log's latest trims again (idempotent: a trim only
         # removes versions up to its own).
-        for trim in state.trims():
-            store.trim(trim.doc_id, trim.position, trim.version)
+        store.trim(as_trims(state.trims()))
         ends = catch_up(settings, store, ends, state)
         if before_verify:
             before_verify(store)

@@ -39,7 +39,10 @@ class ApplyEmbeddings(FlatMapFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._store = open_store(self._settings.store)
-        self._pending = PendingWrites(self._store)
+        # A new generation starts empty: then what this job wrote is all it holds, and the
+        # version guard needs no read before each batch of upserts.
+        fresh = self._store.count() == 0
+        self._pending = PendingWrites(self._store, stored_versions={} if fresh else None)
         self._unreadable = runtime_context.get_metrics_group().counter("unreadable")
 
     def flat_map(self, row: Row) -> Iterator[str]:

@@ -17,17 +17,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from streamrag.config import Settings
 from streamrag.errors import UserError
-from streamrag.models import encode
+from streamrag.models import Encoder, encode
 from streamrag.retrieval import model_for, model_missing, search_store
 from streamrag.stores import open_catalog, open_store
 from streamrag.stores.base import Filters, GenerationCatalog, SearchHit, StoredChunk, VectorStore
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
 Mode = Literal["dense", "hybrid"]
@@ -80,7 +77,7 @@ class QueryEmbedder:
     little more than one, so latency under concurrency stays near one call's, and a lone
     query is never held back by a timer."""
 
-    def __init__(self, model: SentenceTransformer, cache_size: int, max_batch: int = 32) -> None:
+    def __init__(self, model: Encoder, cache_size: int, max_batch: int = 32) -> None:
         self._model = model
         self._size = cache_size
         self._max_batch = max_batch
@@ -135,9 +132,7 @@ class QueryEmbedder:
 
 
 class ServingIndex:
-    def __init__(
-        self, settings: Settings, load: Callable[[str], SentenceTransformer] | None = None
-    ):
+    def __init__(self, settings: Settings, load: Callable[[str], Encoder] | None = None):
         self.settings = settings
         self._load = load or self._load_model
         self._catalog: GenerationCatalog = open_catalog(settings.store)
@@ -225,12 +220,13 @@ class ServingIndex:
             # (one model held: the one serving; a rollback to another loads it again)
         return self._embedders[model_id]
 
-    def _load_model(self, model_id: str) -> SentenceTransformer:
+    def _load_model(self, model_id: str) -> Encoder:
         from streamrag.models import load_model
 
         ref = model_for(self.settings, model_id)
         try:
-            return load_model(ref, self.settings.embedding.torch_threads)
+            cfg = self.settings.embedding
+            return load_model(ref, cfg.torch_threads, cfg.device, cfg.cuda_half_precision)
         except Exception as e:  # the model is not installed here
             raise UserError(model_missing(self.settings, ref, e)) from None
 

@@ -8,9 +8,9 @@ by chunk id replaces the row, a delete of a missing id is a no-op.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from streamrag.errors import Unreachable, UserError
 from streamrag.records import EmbeddingRecord
@@ -121,18 +121,32 @@ def check_k(k: int) -> int:
     return max(k, 0)
 
 
+class Trim(NamedTuple):
+    """Delete a document's chunks at ``position >= from_position`` whose version is at
+    most ``up_to_version`` (what an update made surplus, or all of a deleted document).
+    Equal versions go too: a trim follows its own event's upserts, so a chunk of that
+    version at those positions can only be from an earlier event ordered before it."""
+
+    doc_id: str
+    from_position: int
+    up_to_version: int
+
+
 class VectorStore(Protocol):
     def ensure(self, dim: int) -> None:
         """Create the collection/table and index if missing (idempotent)."""
 
-    def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
-        """Write chunks by id; a chunk whose stored version is newer is left alone."""
+    def upsert(
+        self, records: Sequence[EmbeddingRecord], stored_versions: Mapping[str, int] | None = None
+    ) -> None:
+        """Write chunks by id, in one round trip where the store allows; a chunk whose
+        stored version is newer is left alone. ``stored_versions``: what the caller just
+        read of these chunk ids (an id absent: not stored), which spares a store that
+        cannot guard its writes itself (Milvus) a read; only valid while nobody else
+        writes those ids (Flink gives each document one writer)."""
 
-    def trim(self, doc_id: str, from_position: int, up_to_version: int) -> None:
-        """Delete the document's chunks at ``position >= from_position`` whose version is
-        at most ``up_to_version`` (what an update made surplus, or all of a deleted doc).
-        Equal versions go too: a trim follows its own event's upserts, so a chunk of that
-        version at those positions can only be from an earlier event ordered before it."""
+    def trim(self, trims: Sequence[Trim]) -> None:
+        """Apply the trims, in one round trip where the store allows."""
 
     def delete(self, chunk_ids: Sequence[str]) -> None: ...
 
@@ -164,17 +178,6 @@ class VectorStore(Protocol):
         view: GenerationCatalog.drop_all)."""
 
     def close(self) -> None: ...
-
-
-def stored_vectors(
-    store: VectorStore, chunk_ids: Sequence[str], model_id: str
-) -> dict[str, list[float]]:
-    """Content hash -> vector, for the chunks that ``store`` holds embedded by ``model_id``
-    (the embed stage reuses them instead of calling the model again)."""
-    stored = store.get(chunk_ids, with_vectors=True) if chunk_ids else []
-    return {
-        s.content_hash: s.vector for s in stored if s.model_id == model_id and s.vector is not None
-    }
 
 
 @dataclass(frozen=True, slots=True)

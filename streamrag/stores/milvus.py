@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -39,6 +39,7 @@ from streamrag.stores.base import (
     StoredChunk,
     StoreError,
     StoreUnreachable,
+    Trim,
     check_k,
 )
 from streamrag.stores.schema import (
@@ -58,6 +59,8 @@ _TYPES: Final = {
     "json": DataType.JSON,
 }
 log = logging.getLogger(__name__)
+# Trims per delete expression: one round trip for a batch's documents, expressions short.
+TRIMS_PER_DELETE = 100
 
 
 def _reload_before_retry(state: RetryCallState) -> None:
@@ -147,31 +150,40 @@ class MilvusStore:
                 log.debug("reloading %s failed: %s", self.collection, e)
 
     @transient
-    def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
+    def upsert(
+        self, records: Sequence[EmbeddingRecord], stored_versions: Mapping[str, int] | None = None
+    ) -> None:
         # Milvus has no conditional write; one reader-writer per document (Flink keys
         # by doc id) makes this read-then-write safe.
-        stored = self._client.query(
-            self.collection,
-            filter=_ids_filter([r.chunk.chunk_id for r in records]),
-            output_fields=[KEY, "version"],
-        )
-        newer = {row[KEY]: row["version"] for row in stored}
+        if not records:
+            return
+        if stored_versions is None:
+            stored = self._client.query(
+                self.collection,
+                filter=_ids_filter([r.chunk.chunk_id for r in records]),
+                output_fields=[KEY, "version"],
+            )
+            stored_versions = {row[KEY]: row["version"] for row in stored}
         now = int(time.time() * 1000)
         rows = [
             column_values(r, now)
             for r in records
-            if newer.get(r.chunk.chunk_id, -1) <= r.chunk.version
+            if stored_versions.get(r.chunk.chunk_id, -1) <= r.chunk.version
         ]
         if rows:
             self._client.upsert(self.collection, rows)
 
     @transient
-    def trim(self, doc_id: str, from_position: int, up_to_version: int) -> None:
-        self._client.delete(
-            self.collection,
-            filter=f"doc_id == {literal(doc_id)} and position >= {literal(from_position)}"
-            f" and version <= {literal(up_to_version)}",
-        )
+    def trim(self, trims: Sequence[Trim]) -> None:
+        for start in range(0, len(trims), TRIMS_PER_DELETE):
+            self._client.delete(
+                self.collection,
+                filter=" or ".join(
+                    f"(doc_id == {literal(t.doc_id)} and position >= {literal(t.from_position)}"
+                    f" and version <= {literal(t.up_to_version)})"
+                    for t in trims[start : start + TRIMS_PER_DELETE]
+                ),
+            )
 
     @transient
     def delete(self, chunk_ids: Sequence[str]) -> None:

@@ -22,7 +22,7 @@ import functools
 import hashlib
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
@@ -30,6 +30,7 @@ import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
+from psycopg.adapt import PyFormat
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
@@ -51,6 +52,7 @@ from streamrag.stores.base import (
     StoredChunk,
     StoreError,
     StoreUnreachable,
+    Trim,
     check_k,
 )
 from streamrag.stores.schema import (
@@ -143,7 +145,11 @@ class PgvectorStore:
                 conn.execute(sql.SQL(statement))
 
     @one_line
-    def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
+    def upsert(
+        self, records: Sequence[EmbeddingRecord], stored_versions: Mapping[str, int] | None = None
+    ) -> None:
+        # The statement guards versions itself (ON CONFLICT ... WHERE): stored_versions
+        # is not needed here.
         if not records:
             return
         now = int(time.time() * 1000)
@@ -152,13 +158,15 @@ class PgvectorStore:
             cur.executemany(self._upsert_sql, rows)  # pipelined; HNSW upkeep dominates
 
     @one_line
-    def trim(self, doc_id: str, from_position: int, up_to_version: int) -> None:
-        with self.connection() as conn:
-            conn.execute(
+    def trim(self, trims: Sequence[Trim]) -> None:
+        if not trims:
+            return
+        with self.connection() as conn, conn.cursor() as cur:
+            cur.executemany(  # pipelined: one round trip
                 sql.SQL(
                     "DELETE FROM {t} WHERE doc_id = %s AND position >= %s AND version <= %s"
                 ).format(t=self._t),
-                [doc_id, from_position, up_to_version],
+                [tuple(t) for t in trims],
             )
 
     @one_line
@@ -430,7 +438,11 @@ def _upsert_sql(t: sql.Identifier) -> sql.Composed:
     ).format(
         t=t,
         cols=_cols(_NAMES),
-        vals=sql.SQL(", ").join(sql.Placeholder() * len(_NAMES)),
+        # The vector goes in pgvector's binary form: float32, no decimal text.
+        vals=sql.SQL(", ").join(
+            sql.Placeholder(format=PyFormat.BINARY if name == VECTOR else PyFormat.AUTO)
+            for name in _NAMES
+        ),
         key=sql.Identifier(KEY),
         sets=sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in _NAMES if c != KEY

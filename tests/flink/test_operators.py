@@ -17,8 +17,22 @@ from streamrag import generations
 from streamrag.config import Settings
 from streamrag.flink import KEYED_ROW
 from streamrag.models import model_dimension, resolve_model
-from streamrag.operators import BATCH_ROW, EVENT_ROW, GuardedFunction, batch_row, unbatch
-from streamrag.records import ChunkRecord, DocumentEvent, Origin
+from streamrag.operators import (
+    BATCH_ROW,
+    EVENT_ROW,
+    FLUSH_ROW,
+    GuardedFunction,
+    batch_row,
+    unbatch,
+    unflush,
+)
+from streamrag.records import (
+    ChunkRecord,
+    DocumentEvent,
+    EmbeddingRecord,
+    Origin,
+    events_from_json,
+)
 from streamrag.stores import open_store
 from tests.flink.conftest import (
     FLINK_LOG_DIR,
@@ -122,16 +136,21 @@ def test_embed_and_index_write_a_batch_and_dead_letter_one_the_store_rejects(fli
     ]
     try:
         env = environment(flink_settings)
-        embedded = env.from_collection(batches, type_info=BATCH_ROW).process(
-            EmbedChunks(flink_settings), output_type=BATCH_ROW
+        embedded = (
+            env.from_collection(batches, type_info=BATCH_ROW)
+            .key_by(lambda r: 0, key_type=Types.INT())
+            .process(EmbedChunks(flink_settings), output_type=FLUSH_ROW)
         )
-        indexed = embedded.process(IndexEmbeddings(flink_settings), output_type=BATCH_ROW)
+        indexed = embedded.process(IndexEmbeddings(flink_settings), output_type=FLUSH_ROW)
 
         out = collect(indexed, [side(embedded), side(indexed)])
 
-        assert [r["doc_id"] for r in out.main] == ["a"]
-        records = json.loads(out.main[0]["records"])
-        assert all(r["embedded"] and len(r["vector"]) == 384 for r in records)
+        # Both events went through the model in one flush; the store refused the flush,
+        # so the index stage wrote event by event and dead-lettered only the culprit.
+        events = [e for row in out.main for e in events_from_json(row["events"])]
+        assert [e.doc_id for e in events] == ["a"]
+        records = [EmbeddingRecord.from_dict(r) for r in events[0].records]
+        assert all(r.embedded and r.vector is not None and len(r.vector) == 384 for r in records)
         assert store.doc_chunk_ids("a") == sorted(chunk_id("a", i) for i in range(2))
         (letter,) = out.dead_letters
         assert letter.stage == "index" and letter.origin == Origin("documents", 0, 1)
@@ -139,6 +158,45 @@ def test_embed_and_index_write_a_batch_and_dead_letter_one_the_store_rejects(fli
     finally:
         store.close()
         generations.drop_all(flink_settings)
+
+
+@pytest.mark.parametrize(("max_chunks", "flushes"), [(1000, 1), (3, 2), (1, 5)])
+def test_embed_gathers_events_of_many_documents_and_keeps_their_order(
+    flink_settings, max_chunks: int, flushes: int
+):
+    # No timer can fire in a run this short (max_wait_ms is long): the flushes come from
+    # max_batch_chunks, and the last from the end of the input.
+    embedding = flink_settings.embedding.model_copy(
+        update={"model": "hash:32", "max_batch_chunks": max_chunks, "max_wait_ms": 600_000}
+    )
+    settings = flink_settings.model_copy(update={"embedding": embedding})
+    store = open_store(settings.store)
+    store.ensure(32)
+    docs = ["a", "b", "c", "a", "d"]  # "a" twice: its second event must come after its first
+    batches = [
+        batch_row(d, Origin("documents", 0, i), [chunk(d, 0, f"{d} version {i}")], "chunks")
+        for i, d in enumerate(docs)
+    ]
+    try:
+        env = environment(settings)
+        embedded = (
+            env.from_collection(batches, type_info=BATCH_ROW)
+            .key_by(lambda r: 0, key_type=Types.INT())
+            .process(EmbedChunks(settings), output_type=FLUSH_ROW)
+        )
+
+        out = collect(embedded, [side(embedded)])
+
+        topic_rows = [k for row in out.main for k in unflush(Row(**row))]  # as the sink sees
+        assert [json.loads(r["v"])["chunk"]["text"] for r in topic_rows] == [
+            f"{d} version {i}" for i, d in enumerate(docs)
+        ]
+        assert all(r["k"] == json.loads(r["v"])["chunk"]["chunk_id"] for r in topic_rows)
+        assert len(out.main) == flushes
+        assert out.dead_letters == []
+    finally:
+        store.close()
+        generations.drop_all(settings)
 
 
 def chunk(doc_id: str, position: int, text: str) -> ChunkRecord:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from jobs.chunking.planner import chunk_id, trim_key
-from jobs.indexing.apply import Latest, apply_records, supersedes, trimmed
+from jobs.indexing.apply import Latest, PendingWrites, apply_records, supersedes, trimmed
 from streamrag.records import ChunkRecord, EmbeddingRecord
+from streamrag.stores.base import Trim
 
 
 class RecordingStore:
@@ -14,12 +15,16 @@ class RecordingStore:
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
+        self.versions_given: list[dict[str, int] | None] = []
 
-    def upsert(self, records: Sequence[EmbeddingRecord]) -> None:
+    def upsert(
+        self, records: Sequence[EmbeddingRecord], stored_versions: Mapping[str, int] | None = None
+    ) -> None:
         self.calls.append(("upsert", [(r.chunk.chunk_id, r.chunk.version) for r in records]))
+        self.versions_given.append(None if stored_versions is None else dict(stored_versions))
 
-    def trim(self, doc_id: str, from_position: int, below_version: int) -> None:
-        self.calls.append(("trim", doc_id, from_position, below_version))
+    def trim(self, trims: Sequence[Trim]) -> None:
+        self.calls.append(("trim", [tuple(t) for t in trims]))
 
     def delete(self, chunk_ids: Sequence[str]) -> None:
         self.calls.append(("delete", list(chunk_ids)))
@@ -61,7 +66,7 @@ def test_upserts_are_written_before_the_trim_that_follows_them():
 
     apply_records(store, [up("d", 0, 2), trim("d", 1, 2)])
 
-    assert store.calls == [("upsert", [(cid("d", 0), 2)]), ("trim", "d", 1, 2)]
+    assert store.calls == [("upsert", [(cid("d", 0), 2)]), ("trim", [("d", 1, 2)])]
 
 
 def test_upserts_of_several_documents_go_first_then_each_documents_trim():
@@ -71,8 +76,7 @@ def test_upserts_of_several_documents_go_first_then_each_documents_trim():
 
     assert store.calls == [
         ("upsert", [(cid("d", 0), 1), (cid("e", 0), 1)]),
-        ("trim", "d", 1, 1),
-        ("trim", "e", 1, 1),
+        ("trim", [("d", 1, 1), ("e", 1, 1)]),  # one call for all of them
     ]
 
 
@@ -83,7 +87,7 @@ def test_a_delete_followed_by_a_recreate_leaves_the_recreated_chunk():
 
     apply_records(store, [up("d", 0, 1), trim("d", 0, 2), up("d", 0, 3)])
 
-    assert store.calls == [("upsert", [(cid("d", 0), 3)]), ("trim", "d", 0, 2)]
+    assert store.calls == [("upsert", [(cid("d", 0), 3)]), ("trim", [("d", 0, 2)])]
 
 
 def test_only_the_latest_trim_of_a_document_is_written():
@@ -91,7 +95,7 @@ def test_only_the_latest_trim_of_a_document_is_written():
 
     apply_records(store, [trim("d", 0, 2), up("d", 0, 3), trim("d", 1, 3), trim("d", 0, 1)])
 
-    assert store.calls == [("upsert", [(cid("d", 0), 3)]), ("trim", "d", 1, 3)]
+    assert store.calls == [("upsert", [(cid("d", 0), 3)]), ("trim", [("d", 1, 3)])]
 
 
 def test_versions_never_go_back_and_equal_versions_win():
@@ -125,12 +129,12 @@ def test_a_repeated_chunk_id_in_one_write_keeps_only_its_last_record():
     assert store.calls == [("upsert", [(cid("d", 0), 2), (cid("d", 1), 1)])]
 
 
-def test_consecutive_trims_are_each_applied():
+def test_consecutive_trims_are_each_applied_in_one_call():
     store = RecordingStore()
 
     apply_records(store, [trim("d", 0, 5), trim("e", 3, 6)])
 
-    assert store.calls == [("trim", "d", 0, 5), ("trim", "e", 3, 6)]
+    assert store.calls == [("trim", [("d", 0, 5), ("e", 3, 6)])]
 
 
 def test_empty_batch_writes_nothing():
@@ -139,3 +143,25 @@ def test_empty_batch_writes_nothing():
     apply_records(store, [])
 
     assert store.calls == []
+
+
+def test_stored_versions_read_once_are_handed_on_and_kept_up_to_date_across_writes():
+    # The embed stage reads the stored versions once per flush; the store needs no read
+    # of its own, and a later write of the same flush knows what the earlier one wrote.
+    store = RecordingStore()
+    pending = PendingWrites(store, batch=2, stored_versions={cid("d", 0): 4})
+    for record in [up("d", 0, 5), up("d", 1, 5), up("e", 0, 6)]:
+        pending.add(record)
+    pending.finish()
+
+    assert store.calls == [
+        ("upsert", [(cid("d", 0), 5), (cid("d", 1), 5)]),
+        ("upsert", [(cid("e", 0), 6)]),
+    ]
+    assert store.versions_given == [{cid("d", 0): 4}, {cid("d", 0): 5, cid("d", 1): 5}]
+
+
+def test_without_stored_versions_the_store_reads_them_itself():
+    store = RecordingStore()
+    apply_records(store, [up("d", 0)])
+    assert store.versions_given == [None]
