@@ -11,7 +11,7 @@ JARS   := .work/jars
 export HF_HUB_OFFLINE := 1
 export PGPASSFILE := $(CURDIR)/.work/secrets/pgpass
 
-.PHONY: install jars stack-up stack-down demo test test-unit bench eval lint clean
+.PHONY: install jars stack-up stack-down demo test test-unit bench bench-gpu eval lint clean
 
 install: $(VENV)/.installed jars
 
@@ -50,6 +50,12 @@ test-unit: install
 
 bench: stack-up
 	$(PY) -m bench.run
+
+# The same bench with the model on a GPU (half precision); says so and stops when torch
+# sees no GPU. DEVICE=cpu runs it on the CPU.
+DEVICE ?= cuda
+bench-gpu: stack-up
+	$(PY) -m bench.run --device $(DEVICE)
 
 # Retrieval quality on the Python documentation (a Debian package, fetched by the eval);
 # no services needed. Ends with one JSON line.

@@ -3,7 +3,8 @@
 Bench: a private copy of the sample schema (own publication, slot, topic prefix)
   -> the ingest job runs unbounded (as in production) with the Debezium connector
   -> ROWS rows are inserted and indexed (warm-up)
-  -> each row is updated once, RATE updates a second, with a one-chunk body
+  -> each row is updated once, RATE updates a second (5, and 50 in a second run), with a
+     one-chunk body
   -> latency of a row = indexed_at_ms - source_ts_ms (the commit time Debezium reports),
      both stored on the chunk itself, so no polling skews the figure.
 """
@@ -57,7 +58,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def freshness_figures() -> dict[str, float]:
+def freshness_figures(
+    rate: float = RATE, rows: int = ROWS, name: str = "freshness"
+) -> dict[str, float]:
+    """Commit -> indexed latencies at ``rate`` updates a second, as ``{name}_p50_ms`` etc."""
     base = load_settings()
     tag = uuid.uuid4().hex[:8]
     schema, prefix, dsn = f"kbf_{tag}", f"cdcf_{tag}", postgres_dsn(base)
@@ -108,21 +112,23 @@ def freshness_figures() -> dict[str, float]:
             cur.executemany(
                 f"INSERT INTO {schema}.articles (id, tenant, title, body)"
                 " VALUES (%s, 'acme', %s, %s)",
-                [(i, f"Article {i}", body(i, 0)) for i in range(ROWS)],
+                [(i, f"Article {i}", body(i, 0)) for i in range(rows)],
             )
         store = open_store(settings.store)
-        ids = [chunk_id(f"{schema}.articles:{i}", 0) for i in range(ROWS)]
+        ids = [chunk_id(f"{schema}.articles:{i}", 0) for i in range(rows)]
         wait_for(
-            lambda: _safe_count(settings, store, ids) == ROWS, 300, "the warm-up rows to be indexed"
+            lambda: _safe_count(settings, store, ids) == rows, 300, "the warm-up rows to be indexed"
         )
 
-        for i in range(ROWS):
+        start_all = time.monotonic()
+        for i in range(rows):
             start = time.monotonic()
             conn.execute(
                 f"UPDATE {schema}.articles SET body = %s, updated_at = now() WHERE id = %s",
                 (body(i, 1), i),
             )
-            time.sleep(max(0.0, 1 / RATE - (time.monotonic() - start)))
+            time.sleep(max(0.0, 1 / rate - (time.monotonic() - start)))
+        achieved = rows / (time.monotonic() - start_all)
         wait_for(
             lambda: all("revision 1" in c.text for c in store.get(ids)),
             120,
@@ -141,9 +147,10 @@ def freshness_figures() -> dict[str, float]:
         conn.close()
         drop_replication_slot(dsn, f"slot_{tag}")
     return {
-        "freshness_p50_ms": round(percentile(latencies, 0.5)),
-        "freshness_p99_ms": round(percentile(latencies, 0.99)),
-        "freshness_updates": len(latencies),
+        f"{name}_p50_ms": round(percentile(latencies, 0.5)),
+        f"{name}_p99_ms": round(percentile(latencies, 0.99)),
+        f"{name}_updates": len(latencies),
+        f"{name}_updates_per_s": round(achieved, 1),
     }
 
 

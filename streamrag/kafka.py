@@ -214,6 +214,18 @@ def read_log(
         consumer.close()
 
 
+def tail(settings: Settings, topic: str, count: int, timeout_s: float = 30) -> list[Message]:
+    """The last ``count`` records of each partition of ``topic``, in offset order per
+    partition (partitions one after the other)."""
+    consumer = _consumer(settings)
+    try:
+        end = end_offsets_of(consumer, topic)
+    finally:
+        consumer.close()
+    start = {p: max(0, e - count) for p, e in end.items()}
+    return list(read_log(settings, topic, start, end, timeout_s))
+
+
 def _consumer(settings: Settings) -> Consumer:
     return Consumer(
         {

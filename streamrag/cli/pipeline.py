@@ -30,6 +30,45 @@ def topics_create(ctx: typer.Context) -> None:
     typer.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
 
+TOPIC_NAMES = ("documents", "chunks", "embeddings", "dead-letters")
+
+
+@topics_app.command("tail")
+def topics_tail(
+    ctx: typer.Context,
+    topic: Annotated[
+        str, typer.Argument(help=f"{' | '.join(TOPIC_NAMES)}, or any topic's own name.")
+    ],
+    count: Annotated[int, typer.Option("-n", min=1, help="Records per partition.")] = 5,
+) -> None:
+    """Print the last records of a topic, one JSON line each, with binary vectors decoded
+    to numbers (the embeddings topic carries them as base64 float32)."""
+    import json
+
+    from streamrag.kafka import tail
+    from streamrag.records import readable
+
+    settings = settings_of(ctx)
+    k = settings.kafka
+    names = dict(
+        zip(
+            TOPIC_NAMES,
+            (k.documents_topic, k.chunks_topic, k.embeddings_topic, k.dead_letter_topic),
+            strict=True,
+        )
+    )
+    name = names.get(topic, topic)
+    for m in tail(settings, name, count):
+        value = None if m.value is None else m.value.decode("utf-8", "replace")
+        try:
+            shown = None if value is None else json.loads(readable(value))
+        except ValueError:
+            shown = value
+        key = None if m.key is None else m.key.decode("utf-8", "replace")
+        line = {"partition": m.partition, "offset": m.offset, "key": key, "value": shown}
+        typer.echo(json.dumps(line, ensure_ascii=False))
+
+
 @app.command()
 def produce(
     ctx: typer.Context,

@@ -15,6 +15,7 @@ Three waves of documents (new; shrunk or deleted; changed again), two SIGKILLs m
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from jobs.chunking.planner import chunk_id
 from jobs.chunking.stage import ChunkStage
 from streamrag import generations
 from streamrag.config import PROJECT_ROOT, Settings
+from streamrag.kafka import read_log
 from streamrag.local import cluster
 from streamrag.models import resolve_model
 from streamrag.records import DocumentEvent, Origin
@@ -281,3 +283,62 @@ def test_after_a_crash_and_restore_the_index_equals_a_clean_run(
 
 def without(index: dict[str, tuple], doc_ids: set[str]) -> dict[str, tuple]:
     return {k: v for k, v in index.items() if v[0] not in doc_ids}
+
+
+def embedded_per_chunk(settings: Settings) -> dict[str, int]:
+    """How many times each chunk id went through the model, by the embeddings topic."""
+    counts: dict[str, int] = {}
+    for m in read_log(settings, settings.kafka.embeddings_topic, timeout_s=60):
+        record = json.loads(m.value) if m.value else {}
+        if record.get("embedded"):
+            cid = record["chunk"]["chunk_id"]
+            counts[cid] = counts.get(cid, 0) + 1
+    return counts
+
+
+def test_a_crash_while_a_cross_document_batch_waits_loses_and_duplicates_nothing(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+):
+    """The embed stage holds chunks of many documents before one model call. They are
+    Flink state: a checkpoint taken while they wait holds them (the source's offsets are
+    committed past them), and a worker killed then must give them back on restore."""
+    wait_ms = 20_000
+    env = {
+        **pipeline.env,
+        "EMBEDDING__MAX_WAIT_MS": str(wait_ms),
+        "EMBEDDING__MAX_BATCH_CHUNKS": "100000",  # only the timer flushes
+    }
+    monkeypatch.setattr(os, "environ", env)  # flink run builds the job from it
+    docs = [document(n, 1, parts=3) for n in range(12)]
+    want = expected_index(pipeline.settings, docs)
+
+    with cluster_job(pipeline.settings) as job_id:
+        started = time.monotonic()
+        pipeline.produce_docs(docs)
+        poll(
+            lambda: committed_offsets(pipeline.settings) == len(docs),
+            "a checkpoint with the documents read",
+            timeout_s=wait_ms / 1000,
+        )
+        assert index_now(pipeline) == {}, "the batch should still be waiting"
+        assert time.monotonic() - started < wait_ms / 1000 - 3, "too slow to crash in time"
+        kill_task_manager_python_workers()
+
+        poll(lambda: index_now(pipeline) == want, "the restored batch to be indexed")
+        assert flink_job(job_id)[1] >= 1  # it failed over
+        # Each chunk went through the model once: the batch was neither lost nor doubled.
+        assert embedded_per_chunk(pipeline.settings) == dict.fromkeys(want, 1)
+
+        # A lone update in a batch that never fills is indexed when its wait is over.
+        lone = document(0, 2, parts=1)
+        pipeline.produce_docs([lone])
+        want = expected_index(pipeline.settings, [*docs, lone])
+        poll(lambda: index_now(pipeline) == want, "the lone update", timeout_s=wait_ms / 1000 + 60)
+        store = pipeline.store()
+        try:
+            (chunk,) = store.get([chunk_id(lone["id"], 0)])
+        finally:
+            store.close()
+        waited_ms = chunk.indexed_at_ms - chunk.source_ts_ms
+        assert wait_ms <= waited_ms < wait_ms + 15_000
+    assert pipeline.dead_letters() == []
