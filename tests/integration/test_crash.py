@@ -248,6 +248,9 @@ def flink_job(job_id: str) -> tuple[str, int]:
 def test_after_a_crash_and_restore_the_index_equals_a_clean_run(
     pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    # Small cross-document batches, so that a wave is indexed in many writes and a crash
+    # can land in the middle of it.
+    pipeline.env["STREAMRAG_EMBEDDING__MAX_BATCH_CHUNKS"] = "16"
     monkeypatch.setattr(os, "environ", pipeline.env)  # flink run builds the job from it
     first = wave(1, parts=6, deleted=set())
     deleted = {"note-01", "note-03"}
@@ -305,8 +308,8 @@ def test_a_crash_while_a_cross_document_batch_waits_loses_and_duplicates_nothing
     wait_ms = 20_000
     env = {
         **pipeline.env,
-        "EMBEDDING__MAX_WAIT_MS": str(wait_ms),
-        "EMBEDDING__MAX_BATCH_CHUNKS": "100000",  # only the timer flushes
+        "STREAMRAG_EMBEDDING__MAX_WAIT_MS": str(wait_ms),
+        "STREAMRAG_EMBEDDING__MAX_BATCH_CHUNKS": "100000",  # only the timer flushes
     }
     monkeypatch.setattr(os, "environ", env)  # flink run builds the job from it
     docs = [document(n, 1, parts=3) for n in range(12)]
