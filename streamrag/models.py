@@ -13,6 +13,7 @@ import json
 import os
 import re
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -151,19 +152,32 @@ class ModelTokenizer:
         self.max_length = max_seq_length(path)
         unk = getattr(self._tokenizer.model, "unk_token", None)
         self._unknown_id = self._tokenizer.token_to_id(unk) if unk else None
+        # [CLS] ... [SEP] and the like: as many for any single text.
+        self._special = len(self._tokenizer.encode("").ids)
+        # The chunker asks fits() and then unknown_share() of the same texts: one encode.
+        self._recent: OrderedDict[str, list[int]] = OrderedDict()
 
     def fits(self, text: str) -> bool:
         """True when the model keeps all of ``text`` (special tokens included)."""
-        return len(self._tokenizer.encode(text).ids) <= self.max_length
+        return len(self._pieces(text)) + self._special <= self.max_length
 
     def unknown_share(self, text: str) -> float:
         """The share of ``text``'s word pieces that the model only knows as unknown
         (``[UNK]``): a run of symbols it has no pieces for, or a word too long to split.
         Such text embeds to the same vector whatever it says."""
-        ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+        ids = self._pieces(text)
         if not ids or self._unknown_id is None:
             return 0.0
         return ids.count(self._unknown_id) / len(ids)
+
+    def _pieces(self, text: str) -> list[int]:
+        ids = self._recent.get(text)
+        if ids is None:
+            ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+            self._recent[text] = ids
+            if len(self._recent) > 256:
+                self._recent.popitem(last=False)
+        return ids
 
 
 class Encoder(Protocol):

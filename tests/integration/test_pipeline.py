@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
+import numpy as np
 import pytest
 
 from jobs.chunking.planner import chunk_id
 from jobs.chunking.stage import ChunkStage
 from streamrag.models import resolve_model
-from streamrag.records import DocumentEvent, Origin
+from streamrag.records import DocumentEvent, EmbeddingRecord, Origin
+from tests.integration.conftest import CLI
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +57,34 @@ def test_chunks_land_exactly_once_and_replay_changes_nothing(pipeline):
     assert store.count() == len(expected)
     after = {c.chunk_id: (c.text, c.content_hash, c.position) for c in store.get(sorted(expected))}
     assert after == before
+
+    # The embeddings topic carries binary float32 vectors; the store holds the same bits,
+    # and `streamrag topics tail` shows them to a person as numbers.
+    stored = {c.chunk_id: c.vector for c in store.get(sorted(expected), with_vectors=True)}
     store.close()
+    logged = {}
+    for m in pipeline.topic(pipeline.settings.kafka.embeddings_topic):
+        record = json.loads(m.value)
+        assert "vector" not in record
+        if record["chunk"]["op"] == "upsert":  # (trim markers carry no vector)
+            assert isinstance(record["vector_f32"], str)
+            logged[record["chunk"]["chunk_id"]] = EmbeddingRecord.from_dict(record).vector
+    assert logged.keys() == stored.keys()
+    for cid, vector in stored.items():
+        assert np.array_equal(np.asarray(vector, np.float32), np.asarray(logged[cid], np.float32))
+    shown = subprocess.run(
+        [CLI, "topics", "tail", "embeddings", "-n", "100"],
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = [json.loads(line) for line in shown.stdout.splitlines()]
+    upserts = [line for line in lines if line["value"]["chunk"]["op"] == "upsert"]
+    assert {line["key"] for line in upserts} == set(stored)
+    for line in upserts:
+        assert line["value"]["vector"] == logged[line["key"]]
 
 
 def test_update_replaces_chunks_and_deletes_remove_them(pipeline):
