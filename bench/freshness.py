@@ -61,7 +61,7 @@ def percentile(values: list[float], q: float) -> float:
 def freshness_figures(
     rate: float = RATE, rows: int = ROWS, name: str = "freshness"
 ) -> dict[str, float]:
-    """Commit -> indexed latencies at ``rate`` updates a second, as ``{name}_p50_ms`` etc."""
+    """Commit -> indexed latencies at ``rate`` updates a second, as ``{label}_p50_ms`` etc."""
     base = load_settings()
     tag = uuid.uuid4().hex[:8]
     schema, prefix, dsn = f"kbf_{tag}", f"cdcf_{tag}", postgres_dsn(base)
@@ -147,10 +147,10 @@ def freshness_figures(
         conn.close()
         drop_replication_slot(dsn, f"slot_{tag}")
     return {
-        f"{name}_p50_ms": round(percentile(latencies, 0.5)),
-        f"{name}_p99_ms": round(percentile(latencies, 0.99)),
-        f"{name}_updates": len(latencies),
-        f"{name}_updates_per_s": round(achieved, 1),
+        f"{label}_p50_ms": round(percentile(latencies, 0.5)),
+        f"{label}_p99_ms": round(percentile(latencies, 0.99)),
+        f"{label}_updates": len(latencies),
+        f"{label}_updates_per_s": round(achieved, 1),
     }
 
 

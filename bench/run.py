@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"figures so far: {json.dumps(figures)}", flush=True)
     figures.update(freshness_figures())
     print(f"figures so far: {json.dumps(figures)}", flush=True)
-    figures.update(freshness_figures(rate=50.0, rows=500, name="freshness_50"))
+    figures.update(freshness_figures(rate=50.0, rows=500, label="freshness_50"))
     print(json.dumps(figures))
 
 

@@ -92,7 +92,7 @@ class EmbeddingConfig(_Section):
     # lone update waits at most that long. One store round trip per flush fetches the
     # stored versions and reusable vectors of all its chunks.
     max_batch_chunks: Annotated[int, Field(gt=0, le=100_000)] = 256
-    max_wait_ms: Annotated[int, Field(ge=0, le=600_000)] = 100
+    max_wait_ms: Annotated[int, Field(ge=0, le=600_000)] = 250
 
     def batch_size_on(self, device: str) -> int:
         return self.cuda_batch_size if device == "cuda" else self.batch_size

@@ -137,6 +137,9 @@ class MilvusStore:
         index = self._client.prepare_index_params()
         index.add_index(field_name=VECTOR, index_type="AUTOINDEX", metric_type="COSINE")
         index.add_index(field_name=LEXICAL, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        # Trims, document() and doc_chunk_ids() filter on the document id (the index
+        # serves sealed segments: Milvus Lite seals only at a flush, see the README).
+        index.add_index(field_name="doc_id", index_type="INVERTED")
         self._client.create_collection(self.collection, schema=schema, index_params=index)
         self._client.load_collection(self.collection)
 

@@ -27,6 +27,7 @@ from streamrag.stores.base import (
     Filters,
     SearchHit,
     StoreError,
+    Trim,
     VectorStore,
 )
 
@@ -392,7 +393,7 @@ def test_injection_in_filter_values_matches_nothing(store, value):
     assert store.search(query, k=10, filters=Filters(fields={"doc_id": value + "?"})) == []
     assert store.search(query, k=10, filters=Filters(fields={"source": value})) == []
     assert store.search(query, k=10, filters=Filters(metadata={"lang": value})) == []
-    store.trim(value + "?", 0, 99)
+    store.trim([Trim(value + "?", 0, 99)])
     store.flush()
     assert store.count() == 5
     # The odd string is just a value: it finds exactly its own document.
