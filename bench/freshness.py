@@ -59,7 +59,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def freshness_figures(
-    rate: float = RATE, rows: int = ROWS, name: str = "freshness"
+    rate: float = RATE, rows: int = ROWS, label: str = "freshness"
 ) -> dict[str, float]:
     """Commit -> indexed latencies at ``rate`` updates a second, as ``{label}_p50_ms`` etc."""
     base = load_settings()
