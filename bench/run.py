@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
@@ -45,7 +46,7 @@ from jobs.chunking.stage import ChunkStage
 from streamrag.config import PROJECT_ROOT, Settings, isolated_env, load_settings
 from streamrag.errors import UserError
 from streamrag.kafka import ensure_topics, read_log, send_all
-from streamrag.models import Device, load_model, pick_device, resolve_model
+from streamrag.models import load_model, pick_device, resolve_model
 from streamrag.records import DocumentEvent, Origin
 from streamrag.stores import open_store
 
@@ -53,6 +54,7 @@ DOCS, CHUNKS_PER_DOC, TORCH_THREADS = 40, 50, 2
 PLUMBING_COPIES = 8  # the plumbing run ingests the corpus this many times (distinct ids)
 NOISE_LIMIT = 0.15  # raw encode before vs after the pipeline: more apart flags the run
 HASH_MODEL = "hash:384"
+BenchDevice = Literal["cpu", "cuda"]  # the bench asks for one, never "auto"
 CLI = str(Path(sys.executable).with_name("streamrag"))
 
 
@@ -86,7 +88,7 @@ def spans(stage: ChunkStage, text: str) -> list[str]:
 
 
 def raw_encode_rates(
-    groups: list[list[str]], batch_size: int, device: Device = "cpu"
+    groups: list[list[str]], batch_size: int, device: BenchDevice = "cpu"
 ) -> tuple[float, float]:
     """Plain encode of all chunk texts in one call (sentence-transformers sorts them by
     length, so batches carry little padding), and one call per document: (chunks/s in one
@@ -141,7 +143,7 @@ def run_job(env: dict[str, str]) -> tuple[float, float]:
     return time.perf_counter() - start, sampler.peak_mb
 
 
-def bench_settings(device: Device, **overrides: str) -> tuple[Settings, dict[str, str]]:
+def bench_settings(device: BenchDevice, **overrides: str) -> tuple[Settings, dict[str, str]]:
     env = {
         **os.environ,
         **isolated_env(
@@ -173,7 +175,7 @@ def ingest_rate(
     return wall, stamped, peak_mb
 
 
-def idle_wall(device: Device, model: str) -> float:
+def idle_wall(device: BenchDevice, model: str) -> float:
     """Wall seconds of the same bounded job over empty topics: start-up (JVM, Python
     workers, model load) and shutdown, which a run's wall time less this leaves out."""
     settings, env = bench_settings(device, EMBEDDING__MODEL=model)
@@ -182,7 +184,7 @@ def idle_wall(device: Device, model: str) -> float:
     return wall
 
 
-def plumbing_rate(device: Device, docs: list[dict], want: int) -> tuple[float, float]:
+def plumbing_rate(device: BenchDevice, docs: list[dict], want: int) -> tuple[float, float]:
     """Chunks/s of the ingest path with the hashing model (no model cost): by wall time
     less the idle job's, and by the index's write stamps."""
     idle = idle_wall(device, HASH_MODEL)
@@ -201,7 +203,7 @@ def plumbing_rate(device: Device, docs: list[dict], want: int) -> tuple[float, f
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    device: Device = parser.parse_args(argv).device
+    device: BenchDevice = parser.parse_args(argv).device
     if device == "cuda":
         try:
             pick_device("cuda")

@@ -51,10 +51,9 @@ from jobs.embedding.batching import batch_key
 from jobs.embedding.embedder import Embedder
 from jobs.indexing.apply import apply_records
 from streamrag.config import Settings
-from streamrag.errors import classify
 from streamrag.flink import KEYED_ROW, add_kafka_sink, create_context, kafka_source, run_job_main
 from streamrag.kafka import ensure_topics
-from streamrag.models import load_model, model_dimension, pick_device, resolve_model
+from streamrag.models import load_configured, model_dimension, resolve_model
 from streamrag.operators import (
     BATCH_ROW,
     DEAD_LETTERS,
@@ -168,11 +167,11 @@ class EmbedChunks(GuardedFunction, KeyedProcessFunction):
         self.open_boundary(self._settings, runtime_context)
         cfg = self._settings.embedding
         ref = resolve_model(cfg.model)
-        device = pick_device(cfg.device) if not ref.hashing else "cpu"
+        encoder, batch_size = load_configured(ref, cfg)
         self._embedder = Embedder(
-            load_model(ref, cfg.torch_threads, device, cfg.cuda_half_precision),
+            encoder,
             ref.model_id,
-            cfg.batch_size_on(device),
+            batch_size,
             cfg.cache_entries,
             self._settings.chunking.embed_heading,
         )
@@ -212,19 +211,7 @@ class EmbedChunks(GuardedFunction, KeyedProcessFunction):
         if not events:
             return
         self._flushes.inc()
-        try:
-            yield self._embed(events)
-            return
-        except Exception as e:
-            if classify(e) == "transient" or len(events) == 1:
-                yield self.dead_letter(e, events[0].origin, events[0].doc_id, None)
-                return
-        # Something in the batch is wrong: embed event by event to find which.
-        for event in events:
-            try:
-                yield self._embed([event])
-            except Exception as e:
-                yield self.dead_letter(e, event.origin, event.doc_id, None)
+        yield from self.whole_or_each(events, self._embed, lambda event: self._embed([event]))
 
     def _embed(self, events: list[EventBatch]) -> Row:
         chunks = [[ChunkRecord.from_dict(r) for r in e.records] for e in events]
@@ -264,28 +251,21 @@ class IndexEmbeddings(GuardedFunction, ProcessFunction):
         self._store = open_store(self._settings.store)
 
     def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        events = events_from_json(row["events"])
         stored = json.loads(row["stored"])
-        try:
-            self._apply(events, stored)
-            yield row
-            return
-        except Exception as e:
-            if classify(e) == "transient" or len(events) == 1:
-                yield self.dead_letter(e, events[0].origin, events[0].doc_id, None)
-                return
-        # Something in the flush is wrong: write event by event to find which.
-        kept = []
-        for event in events:
-            try:
-                self._apply([event], stored)
-                kept.append(event)
-            except Exception as e:
-                yield self.dead_letter(e, event.origin, event.doc_id, None)
-        if kept:
-            yield flush_row([e.to_json() for e in kept], stored)
 
-    def _apply(self, events: list[EventBatch], stored: dict[str, int]) -> None:
+        def whole(events: list[EventBatch]) -> Row:
+            self._apply(events, stored)
+            return row
+
+        def each(event: EventBatch) -> Row:
+            # The whole flush may have written part of itself (a later version of this
+            # document, say): the versions read before it are stale, let the store read.
+            self._apply([event], None)
+            return flush_row([event.to_json()], stored)
+
+        yield from self.whole_or_each(events_from_json(row["events"]), whole, each)
+
+    def _apply(self, events: list[EventBatch], stored: dict[str, int] | None) -> None:
         records = [EmbeddingRecord.from_dict(r) for e in events for r in e.records]
         apply_records(self._store, records, stored)
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from streamrag.errors import UserError
 
-if TYPE_CHECKING:  # torch and sentence-transformers take ~5 s to import: load lazily
-    pass
+if TYPE_CHECKING:  # (torch and sentence-transformers take ~5 s to import: load lazily)
+    from streamrag.config import EmbeddingConfig
 
 BUNDLED = "bundled"
 BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -50,7 +50,6 @@ def resolve_model(name: str) -> ModelRef:
         return ModelRef(str(get_model_path()), BUNDLED_MODEL_ID)
     if name.startswith(HASH_PREFIX):
         hash_dimension(name)  # a bad dimension fails here, with one line
-        return ModelRef(name, name)
     return ModelRef(name, name)
 
 
@@ -86,8 +85,19 @@ def pick_device(device: Device) -> Literal["cpu", "cuda"]:
     return "cpu"
 
 
+def load_configured(ref: ModelRef, cfg: EmbeddingConfig) -> tuple[Encoder, int]:
+    """The model as the ``embedding`` section says (device, precision, threads), with the
+    batch size for the device it landed on. The hashing model needs no device."""
+    device = "cpu" if ref.hashing else pick_device(cfg.device)
+    model = load_model(ref, cfg.torch_threads, device, cfg.cuda_half_precision)
+    return model, cfg.batch_size_on(device)
+
+
 def load_model(
-    ref: ModelRef, torch_threads: int = 1, device: Device = "cpu", half_on_cuda: bool = True
+    ref: ModelRef,
+    torch_threads: int = 1,
+    device: Literal["cpu", "cuda"] = "cpu",
+    half_on_cuda: bool = True,
 ) -> Encoder:
     """Load the model offline, on ``device`` (half precision on CUDA unless told not to).
     Call once per worker (in a Flink function's open)."""
@@ -99,9 +109,8 @@ def load_model(
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(torch_threads)
-    where = pick_device(device)
-    model = SentenceTransformer(ref.path, device=where)
-    if where == "cuda" and half_on_cuda:
+    model = SentenceTransformer(ref.path, device=device)
+    if device == "cuda" and half_on_cuda:
         model.half()
     return model
 

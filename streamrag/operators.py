@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, RuntimeContext
 
 from streamrag.boundary import ErrorBoundary, FailureLedger
 from streamrag.config import Settings
+from streamrag.errors import classify
 from streamrag.flink import KEYED_ROW
 from streamrag.limits import topic_record_size
 from streamrag.records import (
@@ -38,6 +39,7 @@ from streamrag.records import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEAD_LETTERS = OutputTag("dead-letters", KEYED_ROW)
 EVENT_ROW = Types.ROW_NAMED(["doc_id", "event"], [Types.STRING(), Types.STRING()])
@@ -60,22 +62,13 @@ def record_jsons(
     return values
 
 
-def batch_row(
-    doc_id: str,
-    origin: Origin,
-    records: Sequence[ChunkRecord] | Sequence[EmbeddingRecord],
-    topic: str,
-) -> Row:
-    """The records of one document event as one row; each record must fit ``topic``."""
+def batch_row(doc_id: str, origin: Origin, records: Sequence[ChunkRecord], topic: str) -> Row:
+    """The chunk records of one document event as one row; each must fit ``topic``."""
     return Row(
         doc_id=doc_id,
         batch=event_json(doc_id, origin, record_jsons(records, topic)),
-        upserts=sum(_op(r) == "upsert" for r in records),
+        upserts=sum(r.op == "upsert" for r in records),
     )
-
-
-def _op(record: ChunkRecord | EmbeddingRecord) -> str:
-    return record.op if isinstance(record, ChunkRecord) else record.chunk.op
 
 
 def flush_row(events: Sequence[str], stored_versions: dict[str, int]) -> Row:
@@ -143,3 +136,25 @@ class GuardedFunction:
         self._dead_letters.inc()
         log.warning("%s: dead-lettered %s: %s", self.stage, origin, letter.reason)
         return DEAD_LETTERS, dead_letter_row(letter)
+
+    def whole_or_each(
+        self,
+        events: list[EventBatch],
+        whole: Callable[[list[EventBatch]], T],
+        each: Callable[[EventBatch], T],
+    ) -> Iterator[T | tuple[OutputTag, Row]]:
+        """``whole(events)``; when that fails for a reason of the records (not of the
+        environment), ``each(event)`` for every event, so that only the culprit goes to
+        the dead letters and the events beside it flow on."""
+        try:
+            yield whole(events)
+            return
+        except Exception as e:
+            if classify(e) == "transient" or len(events) == 1:
+                yield self.dead_letter(e, events[0].origin, events[0].doc_id, None)
+                return
+        for event in events:
+            try:
+                yield each(event)
+            except Exception as e:
+                yield self.dead_letter(e, event.origin, event.doc_id, None)

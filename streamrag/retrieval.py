@@ -26,7 +26,7 @@ class Retriever:
     """
 
     def __init__(self, settings: Settings) -> None:
-        from streamrag.models import load_model
+        from streamrag.models import load_configured
 
         current = serving(settings)
         if current is None:
@@ -36,8 +36,7 @@ class Retriever:
             )
         ref = model_for(settings, current.model_id)
         try:
-            cfg = settings.embedding
-            model = load_model(ref, cfg.torch_threads, cfg.device, cfg.cuda_half_precision)
+            model, _ = load_configured(ref, settings.embedding)
         except Exception as e:  # OSError, ValueError, HF errors: the model is not here
             raise GenerationError(model_missing(settings, ref, e)) from None
         self._model = model

@@ -95,7 +95,7 @@ class Latest(Generic[T]):
         return [self._trims[doc] for doc in sorted(self._trims)]
 
     def take_trims(self) -> list[ChunkRecord]:
-        trims = [self._trims[doc] for doc in sorted(self._trims)]
+        trims = self.trims()
         self._trims.clear()
         return trims
 

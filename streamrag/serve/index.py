@@ -221,12 +221,11 @@ class ServingIndex:
         return self._embedders[model_id]
 
     def _load_model(self, model_id: str) -> Encoder:
-        from streamrag.models import load_model
+        from streamrag.models import load_configured
 
         ref = model_for(self.settings, model_id)
         try:
-            cfg = self.settings.embedding
-            return load_model(ref, cfg.torch_threads, cfg.device, cfg.cuda_half_precision)
+            return load_configured(ref, self.settings.embedding)[0]
         except Exception as e:  # the model is not installed here
             raise UserError(model_missing(self.settings, ref, e)) from None
 
