@@ -31,7 +31,9 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from itertools import accumulate
 
+import numpy as np
 import tiktoken
 
 from jobs.chunking.blocks import Block, Cleaned
@@ -67,6 +69,21 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     return tiktoken.get_encoding(name)
 
 
+def token_starts(encoding: tiktoken.Encoding, tokens: list[int], text: str) -> list[int]:
+    """The character where each of ``tokens`` (``text`` encoded) starts: what tiktoken's
+    ``decode_with_offsets`` returns (a token that starts inside a character starts at
+    that character), without its Python loop over every byte (a fifth of chunking)."""
+    if not tokens:
+        return []
+    sizes = map(len, encoding.decode_tokens_bytes(tokens))
+    byte_starts = np.fromiter(accumulate(sizes, initial=0), np.int64, len(tokens) + 1)[:-1]
+    if text.isascii():
+        return byte_starts.tolist()  # type: ignore[no-any-return]
+    raw = np.frombuffer(text.encode("utf-8"), np.uint8)
+    char_of_byte = np.cumsum((raw & 0xC0) != 0x80) - 1  # continuation bytes: 10xxxxxx
+    return char_of_byte[byte_starts].tolist()  # type: ignore[no-any-return]
+
+
 # fits_model(chunk text, heading path) -> does the model keep all of what it is given?
 FitsModel = Callable[[str, str], bool]
 
@@ -99,8 +116,7 @@ class Chunker:
         if not text.strip():
             return []
         tokens = self._enc.encode_ordinary(text)
-        _, starts = self._enc.decode_with_offsets(tokens)
-        bounds = [*starts, len(text)]  # bounds[k]: char where token k starts
+        bounds = [*token_starts(self._enc, tokens, text), len(text)]  # token k starts at bounds[k]
         layout = _Layout(text, cleaned.blocks, bounds)
         spans: list[Span] = []
         i, n, j = 0, len(tokens), 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+from typing import Any
 
 from streamrag.local.service import HOST, Service, port_open
 
@@ -28,6 +30,11 @@ class Milvus(Service):
             sys.executable, "-u", "-m", "milvus_lite", "server",
             "--data-dir", str(self.home), "--host", HOST, "--port", str(self.ports[0]),
         ]  # fmt: skip
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        budget = int(self.settings.stack.milvus_memtable_mb * 2**20)
+        env = {**os.environ, "MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(budget)}
+        return {**super().popen_kwargs(), "env": env}
 
     def ready(self) -> bool:
         if not port_open(self.ports[0]):

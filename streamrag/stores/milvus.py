@@ -57,6 +57,7 @@ _TYPES: Final = {
     "varchar": DataType.VARCHAR,
     "int64": DataType.INT64,
     "json": DataType.JSON,
+    "vector": DataType.FLOAT_VECTOR,
 }
 log = logging.getLogger(__name__)
 # Trims per delete expression: one round trip for a batch's documents, expressions short.
@@ -82,6 +83,7 @@ transient = retry(
 class MilvusStore:
     def __init__(self, config: MilvusConfig, collection: str | None = None) -> None:
         self.collection = collection or config.collection
+        self._vector_index = config.vector_index
         self._has_lexical = False
         token = config.token.get_secret_value() if config.token else ""
         try:
@@ -135,7 +137,7 @@ class MilvusStore:
             )
         )
         index = self._client.prepare_index_params()
-        index.add_index(field_name=VECTOR, index_type="AUTOINDEX", metric_type="COSINE")
+        index.add_index(field_name=VECTOR, index_type=self._vector_index, metric_type="COSINE")
         index.add_index(field_name=LEXICAL, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         # Trims, document() and doc_chunk_ids() filter on the document id (the index
         # serves sealed segments: Milvus Lite seals only at a flush, see the README).
@@ -174,7 +176,15 @@ class MilvusStore:
             if stored_versions.get(r.chunk.chunk_id, -1) <= r.chunk.version
         ]
         if rows:
-            self._client.upsert(self.collection, rows)
+            # Column-wise: MilvusClient.upsert takes rows and pymilvus 2.5 checks each
+            # string of a row character by character (0.36 ms of client CPU per chunk, as
+            # much as the server's write); the connection's own upsert takes columns by
+            # field name and checks each string once (0.10 ms).
+            columns = [
+                {"name": c.name, "type": _TYPES[c.kind], "values": [row[c.name] for row in rows]}
+                for c in COLUMNS
+            ]
+            self._client._get_connection().upsert(self.collection, columns)
 
     @transient
     def trim(self, trims: Sequence[Trim]) -> None:

@@ -6,6 +6,7 @@ the other integration tests (``down`` is not tested here).
 
 from __future__ import annotations
 
+import psutil
 import psycopg
 import pytest
 import requests
@@ -60,3 +61,11 @@ def test_a_missing_topic_is_one_clear_error_at_once(settings):
     with pytest.raises(TopicMissing, match="topic no-such-topic-here does not exist"):
         list(read_log(settings, "no-such-topic-here"))
     assert time.monotonic() - start < 10  # not retried as if a leader were being elected
+
+
+def test_milvus_lite_flushes_its_memtable_at_the_configured_budget(settings):
+    # The running server got the budget (read once at its import: a restart applies a change).
+    pid = pids(settings)["milvus"]
+    env = psutil.Process(pid).environ()
+    budget = int(settings.stack.milvus_memtable_mb * 2**20)
+    assert env["MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES"] == str(budget)

@@ -499,6 +499,45 @@ def test_stored_chunk_round_trips(store):
     assert dataclasses.replace(hit.chunk, vector=None) == plain
 
 
+# --- Milvus only ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", ["FLAT", "HNSW"])
+def test_milvus_many_flushed_segments_keep_search_and_trims_exact(settings, index):
+    # The stack's Milvus Lite flushes its memtable into a segment every ~1 MiB
+    # (stack.milvus_memtable_mb): 3,000 chunks written in batches land in many segments.
+    # Filtered searches and trims must see every row of every segment.
+    config = MilvusConfig(uri=f"http://127.0.0.1:{settings.stack.milvus_port}", vector_index=index)
+    store = open_store(config, f"t_{uuid.uuid4().hex[:8]}")
+    store.ensure(DIM)
+    try:
+        assert store.client.describe_index(store.collection, "embedding")["index_type"] == index
+        for start in range(0, 3000, 250):
+            apply_records(
+                store,
+                [
+                    rec(i, doc=f"doc{i % 30}", cid=f"c{i}", n=i % 100)
+                    for i in range(start, start + 250)
+                ],
+            )
+        assert store.count() == 3000
+        query = rec(0, doc="doc0").vector
+        hits = store.search(query, k=100, filters=Filters(metadata={"n": 42}))
+        assert sorted(h.chunk.chunk_id for h in hits) == sorted(
+            f"c{i}" for i in range(42, 3000, 100)
+        )
+        hits = store.search(query, k=200, filters=Filters(fields={"doc_id": "doc7"}))
+        assert len(hits) == 100 and {h.chunk.doc_id for h in hits} == {"doc7"}
+        # doc7's chunks sit at positions 7, 37, ...: keep those below 1,500.
+        store.trim([Trim("doc7", 1500, 1)])
+        store.flush()
+        assert store.doc_chunk_ids("doc7") == sorted(f"c{i}" for i in range(7, 1500, 30))
+        assert store.count() == 3000 - 50
+    finally:
+        store.drop()
+        store.close()
+
+
 # --- pgvector only ----------------------------------------------------------------------
 
 

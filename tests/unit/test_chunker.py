@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from jobs.chunking.chunker import Chunker, Span, get_encoding
+from jobs.chunking.chunker import Chunker, Span, get_encoding, token_starts
 from jobs.chunking.cleaning import clean
 from jobs.chunking.stage import ChunkStage
 from streamrag.config import ChunkingConfig
@@ -373,3 +373,20 @@ def test_the_model_fit_check_sees_the_heading_path_it_will_be_given():
     split(f"# Guide\n\n## Part\n\n{prose(2)}", max_tokens=200, fits_model=fits)
 
     assert seen and all(path == "Guide > Part" or path == "Guide" for _, path in seen)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain ASCII text, with punctuation.\n\nAnd a second paragraph.",
+        "héllo wörld — “quotes” and 中文字符 in one line",
+        "😀😀😀 emoji that tiktoken splits inside a character 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+        "e\u0301 combining accents, \U0001f600x",
+        "a",
+        "",
+    ],
+)
+def test_token_starts_equal_tiktokens_own_offsets(text):
+    enc = get_encoding("cl100k_base")
+    tokens = enc.encode_ordinary(text)
+    assert token_starts(enc, tokens, text) == enc.decode_with_offsets(tokens)[1]
