@@ -55,6 +55,7 @@ PLUMBING_COPIES = 8  # the plumbing run ingests the corpus this many times (dist
 NOISE_LIMIT = 0.15  # raw encode before vs after the pipeline: more apart flags the run
 HASH_MODEL = "hash:384"
 BenchDevice = Literal["cpu", "cuda"]  # the bench asks for one, never "auto"
+StoreKind = Literal["milvus", "pgvector"]
 CLI = str(Path(sys.executable).with_name("streamrag"))
 
 
@@ -144,6 +145,9 @@ def run_job(env: dict[str, str]) -> tuple[float, float]:
 
 
 def bench_settings(device: BenchDevice, **overrides: str) -> tuple[Settings, dict[str, str]]:
+    if "STORE__KIND" in overrides:  # another store: no key of an earlier one may remain
+        for key in [k for k in os.environ if k.startswith("STREAMRAG_STORE__")]:
+            del os.environ[key]
     env = {
         **os.environ,
         **isolated_env(
@@ -175,12 +179,12 @@ def ingest_rate(
     return wall, stamped, peak_mb
 
 
-def fixed_cost_wall(device: BenchDevice, model: str) -> float:
+def fixed_cost_wall(device: BenchDevice, model: str, **overrides: str) -> float:
     """Wall seconds of the same bounded job over one one-chunk document: start-up (JVM,
     Python workers), the model's load, the first flush's wait and shutdown, which a run's
     wall time less this leaves out. Over empty topics the operators never open, so the
     model would not even load (6 to 7 s of the run's wall time here)."""
-    settings, env = bench_settings(device, EMBEDDING__MODEL=model)
+    settings, env = bench_settings(device, EMBEDDING__MODEL=model, **overrides)
     ensure_topics(settings)
     one = {"id": "bench/idle", "text": "One short paragraph, so that every operator opens."}
     send_all(settings, settings.kafka.documents_topic, [(one["id"], json.dumps(one))])
@@ -193,11 +197,13 @@ def fixed_cost_wall(device: BenchDevice, model: str) -> float:
     return wall
 
 
-def plumbing_rate(device: BenchDevice, docs: list[dict], want: int) -> tuple[float, float]:
-    """Chunks/s of the ingest path with the hashing model (no model cost): by wall time
-    less the one-document job's, and by the index's write stamps."""
-    idle = fixed_cost_wall(device, HASH_MODEL)
-    settings, env = bench_settings(device, EMBEDDING__MODEL=HASH_MODEL)
+def plumbing_rate(
+    device: BenchDevice, docs: list[dict], want: int, store: StoreKind = "milvus"
+) -> tuple[float, float]:
+    """Chunks/s of the ingest path with the hashing model (no model cost) into ``store``:
+    by wall time less the one-document job's, and by the index's write stamps."""
+    idle = fixed_cost_wall(device, HASH_MODEL, STORE__KIND=store)
+    settings, env = bench_settings(device, EMBEDDING__MODEL=HASH_MODEL, STORE__KIND=store)
     more = [{**d, "id": f"copy{n}/{d['id']}"} for n in range(PLUMBING_COPIES) for d in docs]
     wall, stamped, _ = ingest_rate(settings, env, more)
     store = open_store(settings.store)
@@ -263,11 +269,14 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     plumbing, plumbing_stamped = plumbing_rate(device, docs, len(texts))
+    # The same into pgvector: Milvus Lite is a Python server whose write path costs about
+    # as much CPU as the whole job's Python side (README, Speed).
+    plumbing_pg, _ = plumbing_rate(device, docs, len(texts), "pgvector")
     os.environ.clear()
     os.environ.update({**base_env, **env})  # back to the main bench's settings
     print(
         f"plumbing (model {HASH_MODEL}): {plumbing:.0f} chunks/s"
-        f" ({plumbing_stamped:.0f} by write stamps)",
+        f" ({plumbing_stamped:.0f} by write stamps); into pgvector {plumbing_pg:.0f}",
         flush=True,
     )
 
@@ -313,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         "plumbing_chunks_per_s": round(plumbing, 1),
         "plumbing_stamped_chunks_per_s": round(plumbing_stamped, 1),
         "plumbing_parallelism": 1,
+        "plumbing_pgvector_chunks_per_s": round(plumbing_pg, 1),
         "edit_embedded_chunks": edit_embedded,
         "peak_rss_mb": round(peak_mb),
         **replay,
