@@ -57,6 +57,8 @@ HASH_MODEL = "hash:384"
 BenchDevice = Literal["cpu", "cuda"]  # the bench asks for one, never "auto"
 StoreKind = Literal["milvus", "pgvector"]
 CLI = str(Path(sys.executable).with_name("streamrag"))
+# The environment the bench started in: each phase runs in this plus its own overrides.
+BASE_ENV = dict(os.environ)
 
 
 def paragraphs() -> list[str]:
@@ -144,12 +146,17 @@ def run_job(env: dict[str, str]) -> tuple[float, float]:
     return time.perf_counter() - start, sampler.peak_mb
 
 
+def use_env(env: dict[str, str]) -> None:
+    """Make ``env`` the whole environment (load_settings and the jobs read it)."""
+    os.environ.clear()
+    os.environ.update(env)
+
+
 def bench_settings(device: BenchDevice, **overrides: str) -> tuple[Settings, dict[str, str]]:
-    if "STORE__KIND" in overrides:  # another store: no key of an earlier one may remain
-        for key in [k for k in os.environ if k.startswith("STREAMRAG_STORE__")]:
-            del os.environ[key]
+    """Settings of one bench phase, with topics and collection/table of its own, and its
+    environment, which becomes the process's: nothing of an earlier phase remains."""
     env = {
-        **os.environ,
+        **BASE_ENV,
         **isolated_env(
             f"bench{uuid.uuid4().hex[:8]}",
             FLINK__PARALLELISM="1",
@@ -159,7 +166,7 @@ def bench_settings(device: BenchDevice, **overrides: str) -> tuple[Settings, dic
             **overrides,
         ),
     }
-    os.environ.update(env)
+    use_env(env)
     return load_settings(), env
 
 
@@ -226,7 +233,6 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(
                 f"bench-gpu: {e}; nothing measured (`make bench-gpu DEVICE=cpu` runs it on the CPU)"
             ) from None
-    base_env = dict(os.environ)
     settings, env = bench_settings(device)
     stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
     docs = corpus(stage)
@@ -246,8 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     idle = fixed_cost_wall(device, settings.embedding.model)
-    os.environ.clear()
-    os.environ.update({**base_env, **env})  # back to the main bench's settings
+    use_env(env)  # back to the main bench's settings
     wall, stamped, peak_mb = ingest_rate(settings, env, docs)
     steady = len(texts) / max(wall - idle, 1e-3)
     store = open_store(settings.store)
@@ -272,8 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     # The same into pgvector: Milvus Lite is a Python server whose write path costs about
     # as much CPU as the whole job's Python side (README, Speed).
     plumbing_pg, _ = plumbing_rate(device, docs, len(texts), "pgvector")
-    os.environ.clear()
-    os.environ.update({**base_env, **env})  # back to the main bench's settings
+    use_env(env)  # back to the main bench's settings
     print(
         f"plumbing (model {HASH_MODEL}): {plumbing:.0f} chunks/s"
         f" ({plumbing_stamped:.0f} by write stamps); into pgvector {plumbing_pg:.0f}",

@@ -85,6 +85,9 @@ class MilvusStore:
         self.collection = collection or config.collection
         self._vector_index = config.vector_index
         self._has_lexical = False
+        # The collection's description, which a column-wise write is checked against:
+        # read once, not on every write; forgotten before a retry (reload).
+        self._described: dict[str, Any] | None = None
         token = config.token.get_secret_value() if config.token else ""
         try:
             self._client = _connect(config.uri, token)
@@ -115,7 +118,7 @@ class MilvusStore:
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         for column in COLUMNS:
             if column.kind == "vector":
-                schema.add_field(column.name, DataType.FLOAT_VECTOR, dim=dim)
+                schema.add_field(column.name, _TYPES[column.kind], dim=dim)
             elif column.max_bytes is not None:
                 schema.add_field(
                     column.name,
@@ -148,6 +151,7 @@ class MilvusStore:
     def reload(self) -> None:
         """Load the collection again (a restarted server serves it released); quiet when
         the server is still down, as the retry that follows will tell."""
+        self._described = None
         with quiet():
             try:
                 self._client.load_collection(self.collection)
@@ -184,7 +188,10 @@ class MilvusStore:
                 {"name": c.name, "type": _TYPES[c.kind], "values": [row[c.name] for row in rows]}
                 for c in COLUMNS
             ]
-            self._client._get_connection().upsert(self.collection, columns)
+            connection = self._client._get_connection()
+            if self._described is None:
+                self._described = connection.describe_collection(self.collection)
+            connection.upsert(self.collection, columns, schema=self._described)
 
     @transient
     def trim(self, trims: Sequence[Trim]) -> None:
