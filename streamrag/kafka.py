@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from tenacity import (
@@ -89,6 +90,10 @@ class Message:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+Headers = list[tuple[str, str | bytes | None]]
 
 
 class RecordProducer:
@@ -108,11 +113,24 @@ class RecordProducer:
         self._errors: list[str] = []
 
     def send(
-        self, topic: str, key: str | bytes | None, value: str | bytes | None, timestamp_ms: int = 0
+        self,
+        topic: str,
+        key: str | bytes | None,
+        value: str | bytes | None,
+        timestamp_ms: int = 0,
+        partition: int = -1,
+        headers: Headers | None = None,
     ) -> None:
-        """Queue one record; ``timestamp_ms`` 0 lets the client stamp it."""
+        """Queue one record; ``timestamp_ms`` 0 lets the client stamp it, ``partition``
+        -1 lets the partitioner choose."""
         self._producer.produce(
-            topic, key=key, value=value, timestamp=timestamp_ms, on_delivery=self._delivered
+            topic,
+            key=key,
+            value=value,
+            timestamp=timestamp_ms,
+            partition=partition,
+            headers=headers or None,
+            on_delivery=self._delivered,
         )
         self._producer.poll(0)
 
@@ -207,11 +225,25 @@ def read_log(
             if msg.error() or p is None or offset is None:
                 continue
             if offset < end[p]:
-                yield Message(topic, p, offset, msg.key(), msg.value(), msg.timestamp()[1])
+                yield Message(
+                    topic,
+                    p,
+                    offset,
+                    msg.key(),
+                    msg.value(),
+                    msg.timestamp()[1],
+                    _headers_of(msg),
+                )
             if offset + 1 >= end[p]:
                 todo.discard(p)
     finally:
         consumer.close()
+
+
+def _headers_of(msg: KafkaMessage) -> tuple[tuple[str, bytes | None], ...]:
+    raw = msg.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return tuple((k, v.encode() if isinstance(v, str) else v) for k, v in pairs)
 
 
 def tail(settings: Settings, topic: str, count: int, timeout_s: float = 30) -> list[Message]:
