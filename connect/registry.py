@@ -67,6 +67,12 @@ class ConnectRegistry:
         body = {k: str(v) for k, v in config.items() if k != "name"}
         return self._send("PUT", f"/connectors/{name}/config", name, json=body).status_code == 201
 
+    def config(self, name: str) -> dict[str, str]:
+        """The connector's config as the worker runs it (placeholders resolved by us,
+        config-provider references such as passwords left as they are)."""
+        config: dict[str, str] = self._send("GET", f"/connectors/{name}/config", name).json()
+        return config
+
     def status(self, name: str) -> dict[str, Any]:
         status: dict[str, Any] = self._send("GET", f"/connectors/{name}/status", name).json()
         return status

@@ -14,7 +14,8 @@ Versions (DESIGN.md invariant 2) must grow with every change of a row:
 - Streamed changes (c/u/d): ``source.lsn``. Per row this grows in commit order: a
   transaction can only write a row after the previous writer committed (row locks,
   unique-index waits), so its change record comes later in the WAL.
-- Snapshot reads (r): version 0, *not* the snapshot LSN. A transaction in flight when
+- Snapshot reads (r): version 0, *not* the snapshot LSN (an incremental snapshot's
+  reads, `streamrag connect snapshot`, carry no LSN at all). A transaction in flight when
   the snapshot was taken writes before the snapshot LSN but commits after it; its change
   is streamed with an LSN *below* the snapshot's, so with the snapshot LSN as version
   that real update would be dropped as stale. Every streamed change beats 0. The cost: a
@@ -65,7 +66,7 @@ def parse_cdc_record(
     op = envelope.get("op")
     if op not in _UPSERT_OPS and op != "d":
         raise BadRecord(f"unsupported Debezium op {op!r} (expected r, c, u or d)")
-    source = _source(envelope)
+    source = _source(envelope, streamed=op != "r")
     doc_id = _doc_id(source, _key_row(key, envelope, op), table)
     version = SNAPSHOT_VERSION if op == "r" else int(source["lsn"])
     event = DocumentEvent(
@@ -102,7 +103,7 @@ def _envelope(value: bytes) -> dict[str, Any]:
     return data
 
 
-def _source(envelope: dict[str, Any]) -> dict[str, Any]:
+def _source(envelope: dict[str, Any], streamed: bool) -> dict[str, Any]:
     source = envelope.get("source")
     if not isinstance(source, dict):
         raise BadRecord("Debezium event has no 'source' object")
@@ -110,7 +111,7 @@ def _source(envelope: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(source.get(name), str) or not source[name]:
             raise BadRecord(f"Debezium event has no source.{name}")
     lsn = source.get("lsn")
-    if not isinstance(lsn, int) or isinstance(lsn, bool) or lsn < 0:
+    if streamed and (not isinstance(lsn, int) or isinstance(lsn, bool) or lsn < 0):
         raise BadRecord(f"source.lsn must be a non-negative integer, got {lsn!r}")
     return source
 

@@ -3,6 +3,7 @@
     streamrag connect apply [FILE]     # create or update from connect/postgres-source.json
     streamrag connect status NAME
     streamrag connect pause|resume|restart|delete NAME
+    streamrag connect snapshot SCHEMA.TABLE [--filter SQL] [--wait]   # backfill, streaming on
 
 Failures raise ConnectError (one line), which the main CLI prints without a traceback.
 """
@@ -10,6 +11,7 @@ Failures raise ConnectError (one line), which the main CLI prints without a trac
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +22,14 @@ from connect.registry import (
     ConnectRegistry,
     connect_url,
     load_connector_file,
+)
+from connect.snapshot import (
+    Connector,
+    SnapshotError,
+    TableName,
+    notification_marks,
+    request_snapshot,
+    wait_for_snapshot,
 )
 from streamrag.cli.context import settings_of
 from streamrag.kafka import ensure_topics
@@ -91,3 +101,54 @@ def delete(ctx: typer.Context, name: Name) -> None:
     """Delete the connector (its replication slot stays: drop it to release WAL)."""
     _registry(ctx).delete(name)
     typer.echo(f"deleted {name}")
+
+
+@app.command()
+def snapshot(
+    ctx: typer.Context,
+    table: Annotated[str, typer.Argument(help="The table to (re-)read: schema.table.")],
+    where: Annotated[
+        str | None,
+        typer.Option("--filter", help="Read only the rows where this SQL condition holds."),
+    ] = None,
+    connector: Annotated[
+        str | None, typer.Option(help="Connector name (default: connect/postgres-source.json's).")
+    ] = None,
+    dsn: Annotated[
+        str | None,
+        typer.Option(help="libpq DSN of the source database (default: the local stack's)."),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the connector has read it all.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 600.0,
+) -> None:
+    """Backfill TABLE with a Debezium incremental snapshot while streaming goes on.
+
+    Sends an execute-snapshot signal through the signalling table: for a table just
+    added to the connector, or rows that must be read again."""
+    from streamrag.local.stack import postgres_dsn
+
+    settings = settings_of(ctx)
+    name = connector or load_connector_file(DEFAULT_CONNECTOR_FILE, settings)[0]
+    target = TableName.parse(table)
+    registry = _registry(ctx)
+    running = Connector.of(name, registry.config(name))
+    registry.wait_running(name, 30)  # a signal to a failed connector would wait unseen
+    topic = running.notification_topic
+    if wait and topic is None:
+        raise SnapshotError(f"connector {name} sends no notifications (sink channel): no --wait")
+    marks = notification_marks(settings, topic) if wait and topic else {}
+    signal_id = request_snapshot(dsn or postgres_dsn(settings), running, target, where)
+    rows = f" where {where.strip()}" if where else ""
+    typer.echo(f"snapshot {signal_id}: {name} reads {target}{rows}, streaming goes on")
+    if not (wait and topic):
+        return
+    started = time.monotonic()
+    outcome = wait_for_snapshot(settings, topic, signal_id, marks, timeout)
+    for scanned, (status_, count) in outcome.scans.items():
+        typer.echo(f"  {scanned}: {status_}, {count} rows read")
+    if outcome.state != "COMPLETED" or outcome.failures():
+        raise SnapshotError(
+            f"snapshot {signal_id} {outcome.state}: {'; '.join(outcome.failures()) or 'stopped'}"
+            " (see the Connect worker's log)"
+        )
+    typer.echo(f"snapshot {signal_id} COMPLETED in {time.monotonic() - started:.1f} s")

@@ -479,5 +479,5 @@ def test_migrate_applies_the_source_schema_once(stack):
                 "SELECT tablename FROM pg_publication_tables WHERE pubname = 'streamrag_pub'"
             )
         }
-    assert identities == {"articles": "f", "faq": "d"}
-    assert published == {"articles", "faq"}
+    assert identities == {"articles": "f", "faq": "d", "debezium_signal": "d"}
+    assert published == {"articles", "faq", "debezium_signal"}  # signals too (002)
