@@ -30,7 +30,8 @@ Run locally: ``streamrag run`` (or ``python -m jobs.pipeline``); on a cluster:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,7 @@ from jobs.indexing.apply import apply_records
 from streamrag.config import Settings
 from streamrag.flink import KEYED_ROW, add_kafka_sink, create_context, kafka_source, run_job_main
 from streamrag.kafka import ensure_topics
+from streamrag.metrics import LatencyHistogram
 from streamrag.models import load_configured, model_dimension, resolve_model
 from streamrag.operators import (
     BATCH_ROW,
@@ -95,6 +97,7 @@ class NormalizeRecords(GuardedFunction, ProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.open_boundary(self._settings, runtime_context)
+        self._documents_in = runtime_context.get_metrics_group().counter("documents_in")
 
     def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         origin = Origin(row["topic"], row["partition"], row["offset"])
@@ -105,6 +108,7 @@ class NormalizeRecords(GuardedFunction, ProcessFunction):
             yield self.dead_letter(e, origin, preview(row["k"]), preview(row["v"]))
             return
         if out is not None:
+            self._documents_in.inc()
             yield out
 
 
@@ -123,7 +127,9 @@ class ChunkDocuments(GuardedFunction, KeyedProcessFunction):
             self._settings.chunking, resolve_model(self._settings.embedding.model)
         )
         self._state = runtime_context.get_state(ValueStateDescriptor("doc", Types.STRING()))
-        self._stale = runtime_context.get_metrics_group().counter("stale_events")
+        metrics = runtime_context.get_metrics_group()
+        self._stale = metrics.counter("stale_events")
+        self._chunks_in = metrics.counter("chunks_in")
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         event = DocumentEvent.from_json(row["event"])
@@ -143,6 +149,7 @@ class ChunkDocuments(GuardedFunction, KeyedProcessFunction):
         assert plan.state is not None
         self._state.update(plan.state.to_json())
         if out is not None:
+            self._chunks_in.inc(out["upserts"])
             yield out
 
 
@@ -182,9 +189,6 @@ class EmbedChunks(GuardedFunction, KeyedProcessFunction):
         self._waiting_chunks = runtime_context.get_state(
             ValueStateDescriptor("waiting_chunks", Types.INT())
         )
-        metrics = runtime_context.get_metrics_group()
-        self._embedded, self._reused = metrics.counter("embedded"), metrics.counter("reused")
-        self._flushes = metrics.counter("flushes")
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         self._waiting.add(row["batch"])
@@ -210,7 +214,6 @@ class EmbedChunks(GuardedFunction, KeyedProcessFunction):
         self._waiting_chunks.clear()
         if not events:
             return
-        self._flushes.inc()
         yield from self.whole_or_each(events, self._embed, lambda event: self._embed([event]))
 
     def _embed(self, events: list[EventBatch]) -> Row:
@@ -228,9 +231,6 @@ class EmbedChunks(GuardedFunction, KeyedProcessFunction):
             mine = records[at : at + len(batch)]
             at += len(batch)
             out.append(event_json(event.doc_id, event.origin, record_jsons(mine, topic)))
-        embedded = sum(r.embedded for r in records)
-        self._embedded.inc(embedded)
-        self._reused.inc(sum(r.chunk.op == "upsert" for r in records) - embedded)
         return flush_row(out, {s.chunk_id: s.version for s in stored})
 
     def close(self) -> None:
@@ -239,7 +239,15 @@ class EmbedChunks(GuardedFunction, KeyedProcessFunction):
 
 class IndexEmbeddings(GuardedFunction, ProcessFunction):
     """Apply a flush (embedding records of many documents) to the vector store: its
-    upserts in batches, version-guarded, then its trims in one call; then pass it on."""
+    upserts in batches, version-guarded, then its trims in one call; then pass it on.
+
+    Metrics: ``chunks_indexed`` (upserts written), of which ``chunks_embedded`` went
+    through the model and ``chunks_reused`` took a stored vector; ``store_write_ms`` (one
+    flush's writes) and ``freshness_ms`` (per document event: from the source's commit,
+    or the record's time, to its last write in the index), both histograms
+    (streamrag.metrics). They are counted here, not in the embed stage: PyFlink's
+    process mode drops what a function's timer callback adds to a metric, and the embed
+    stage flushes from its timers."""
 
     stage = "index"
 
@@ -249,6 +257,12 @@ class IndexEmbeddings(GuardedFunction, ProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.open_boundary(self._settings, runtime_context)
         self._store = open_store(self._settings.store)
+        metrics = runtime_context.get_metrics_group()
+        self._chunks_indexed = metrics.counter("chunks_indexed")
+        self._chunks_embedded = metrics.counter("chunks_embedded")
+        self._chunks_reused = metrics.counter("chunks_reused")
+        self._write_ms = LatencyHistogram(metrics, "store_write_ms")
+        self._freshness_ms = LatencyHistogram(metrics, "freshness_ms")
 
     def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         stored = json.loads(row["stored"])
@@ -267,7 +281,21 @@ class IndexEmbeddings(GuardedFunction, ProcessFunction):
 
     def _apply(self, events: list[EventBatch], stored: dict[str, int] | None) -> None:
         records = [EmbeddingRecord.from_dict(r) for e in events for r in e.records]
+        started = time.monotonic()
         apply_records(self._store, records, stored)
+        self._write_ms.observe((time.monotonic() - started) * 1000)
+        upserts = sum(r.chunk.op == "upsert" for r in records)
+        embedded = sum(r.embedded for r in records)
+        self._chunks_indexed.inc(upserts)
+        self._chunks_embedded.inc(embedded)
+        self._chunks_reused.inc(upserts - embedded)
+        now_ms = time.time() * 1000
+        for event in events:
+            committed = max(
+                (r.get("chunk", r).get("source_ts_ms") or 0 for r in event.records), default=0
+            )
+            if committed > 0:
+                self._freshness_ms.observe(now_ms - committed)
 
     def close(self) -> None:
         self._store.close()
@@ -315,10 +343,13 @@ def stages(settings: Settings, raw: DataStream) -> Stages:
     return Stages(chunks, indexed, dead)
 
 
-def build(settings: Settings, bounded: bool = False) -> StreamExecutionEnvironment:
-    """Build the ingest job; returns the Flink environment to ``execute()``."""
+def build(
+    settings: Settings, bounded: bool = False, options: Mapping[str, str] | None = None
+) -> StreamExecutionEnvironment:
+    """Build the ingest job; returns the Flink environment to ``execute()``. ``options``:
+    further Flink options (`streamrag run` passes its local checkpoints)."""
     dim = model_dimension(resolve_model(settings.embedding.model))  # the model is here
-    ctx = create_context(settings, "streamrag-ingest")
+    ctx = create_context(settings, "streamrag-ingest", options)
     # The Kafka source fails on a missing topic, and Debezium creates its topics only
     # once the connector runs: create them (compacted) so the job can start first.
     ensure_topics(settings)

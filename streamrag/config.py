@@ -153,6 +153,16 @@ class FlinkConfig(_Section):
     poison_after_failures: Annotated[int, Field(ge=1, le=100)] = 3
     # Where those failures are counted; it must outlive the task (on Kubernetes: a volume).
     failure_ledger_dir: Path = PROJECT_ROOT / ".work" / "failures"
+    # Where `streamrag run` keeps its checkpoints (one folder per consumer group), so that
+    # a local job started again after a crash resumes from its latest completed
+    # checkpoint with its state (streamrag/local/checkpoints.py). On a cluster the
+    # cluster's own configuration decides (k8s/configmap.yaml).
+    checkpoints_dir: Path = PROJECT_ROOT / ".work" / "checkpoints"
+    # Flink's Prometheus reporter on this port for local runs (`streamrag run`, `cluster
+    # up`); off when unset. Flink's reporter has no host setting: it listens on every
+    # interface, without a token, so it is opt-in here (on Kubernetes the manifest sets
+    # it, inside the pod network). What it serves: job and operator names and counts.
+    prometheus_port: Annotated[int, Field(ge=1024, le=65535)] | None = None
 
 
 class StackConfig(_Section):

@@ -8,14 +8,19 @@ Between those edges the jobs are DataStream pipelines of plain-Python stage func
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import shutil
 import site
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import pyflink
 import typer
 from pyflink.common import Configuration, Types
 from pyflink.datastream import CheckpointingMode, DataStream, StreamExecutionEnvironment
@@ -27,6 +32,45 @@ from streamrag.errors import UserError
 # The jobs' number of key groups: the most parallelism they can be rescaled to.
 MAX_PARALLELISM = 128
 
+PYFLINK_HOME = Path(pyflink.__file__).parent
+# Flink plugins (the Prometheus reporter), one folder each, resolved by `make jars`. A
+# cluster loads them from FLINK_PLUGINS_DIR; PyFlink's local execution does not look
+# there, so the local JVM gets them on its classpath (local_lib_dir).
+PLUGINS_DIR = PROJECT_ROOT / ".work" / "jars" / "plugins"
+
+
+def local_lib_dir(plugins_dir: Path = PLUGINS_DIR) -> Path | None:
+    """A lib folder for PyFlink's local JVM: links to PyFlink's own lib jars and to the
+    plugins' jars (None without plugins). Named after its contents and made under a
+    temporary name first, so that processes starting together never see it half made."""
+    jars = sorted([*(PYFLINK_HOME / "lib").glob("*.jar"), *plugins_dir.glob("*/*.jar")])
+    if not any(j.is_relative_to(plugins_dir) for j in jars):
+        return None
+    digest = hashlib.sha256("\n".join(map(str, jars)).encode()).hexdigest()[:12]
+    target = plugins_dir.parent / f"flink-local-lib-{digest}"
+    if not target.is_dir():
+        staging = Path(tempfile.mkdtemp(dir=plugins_dir.parent, prefix=".flink-local-lib-"))
+        for jar in jars:
+            (staging / jar.name).symlink_to(jar)
+        try:
+            staging.rename(target)
+        except OSError:  # made meanwhile by another process
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# PyFlink starts its JVM at the first Java object (an OutputTag at import of a job module,
+# say), so its environment is set here, at import, unless already set. Its own search
+# for FLINK_HOME would overwrite FLINK_LIB_DIR: FLINK_HOME is set too.
+os.environ.setdefault("FLINK_HOME", str(PYFLINK_HOME))
+os.environ.setdefault("FLINK_PLUGINS_DIR", str(PLUGINS_DIR))
+if "FLINK_LIB_DIR" not in os.environ and (_lib := local_lib_dir()) is not None:
+    os.environ["FLINK_LIB_DIR"] = str(_lib)
+
+# REST ports of local runs (`streamrag run`): the first free one is taken.
+LOCAL_REST_PORTS = "18181-18190"
+GROUP_PARAMETER = "streamrag.group_id"
+
 # Rows on every Kafka sink: key and value as UTF-8 strings.
 KEYED_ROW = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 
@@ -37,8 +81,11 @@ class FlinkContext:
     t_env: StreamTableEnvironment
 
 
-def create_context(settings: Settings, job_name: str) -> FlinkContext:
-    """A streaming environment with checkpointing, thread-mode Python and the Kafka jar."""
+def create_context(
+    settings: Settings, job_name: str, options: Mapping[str, str] | None = None
+) -> FlinkContext:
+    """A streaming environment with checkpointing, the Python settings, the Kafka jar and
+    the metrics reporter; ``options`` are further Flink options (local checkpoints)."""
     jars = sorted(Path(settings.flink.jars_dir).glob("flink-sql-connector-kafka-*.jar"))
     if not jars:
         raise ConfigError(
@@ -73,6 +120,13 @@ def create_context(settings: Settings, job_name: str) -> FlinkContext:
     conf.set_string("classloader.check-leaked-classloader", "false")
     conf.set_string("rest.bind-address", "127.0.0.1")
     conf.set_string("rest.address", "127.0.0.1")
+    # A local run's REST API takes the first free port of this range (a cluster's own
+    # configuration decides there); `streamrag status` looks for the job in it and finds
+    # it by the consumer group among the job's parameters.
+    conf.set_string("rest.bind-port", LOCAL_REST_PORTS)
+    conf.set_string("pipeline.global-job-parameters", f"{GROUP_PARAMETER}:{job_group(settings)}")
+    for key, value in {**reporter_options(settings), **(options or {})}.items():
+        conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(settings.flink.parallelism)
     # Fixed, so that state can be rescaled and jobs.embedding.batching maps its batch keys
@@ -80,6 +134,27 @@ def create_context(settings: Settings, job_name: str) -> FlinkContext:
     env.set_max_parallelism(MAX_PARALLELISM)
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     return FlinkContext(env, StreamTableEnvironment.create(env))
+
+
+def job_group(settings: Settings) -> str:
+    """The consumer group as a job parameter (characters of Flink's map syntax replaced)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", settings.kafka.group_id)
+
+
+def reporter_options(settings: Settings, processes: int = 1) -> dict[str, str]:
+    """Flink's Prometheus reporter on ``flink.prometheus_port`` (none when unset); with
+    several Flink processes on one host (a local cluster's JobManager and TaskManager),
+    each takes the next free port of a range that starts there."""
+    port = settings.flink.prometheus_port
+    if port is None:
+        return {}
+    prefix = "metrics.reporter.prom."
+    return {
+        prefix + "factory.class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        prefix + "port": str(port) if processes == 1 else f"{port}-{port + processes - 1}",
+        # Label values as they are: a histogram's last bucket is le="+Inf", not "_Inf".
+        prefix + "filterLabelValueCharacters": "false",
+    }
 
 
 def restart_strategy(attempts: int) -> dict[str, str]:

@@ -124,7 +124,12 @@ class GuardedFunction:
         self._boundary = ErrorBoundary(
             self.stage, FailureLedger(flink.failure_ledger_dir), flink.poison_after_failures
         )
-        self._dead_letters = runtime_context.get_metrics_group().counter("dead_letters")
+        metrics = runtime_context.get_metrics_group()
+        self._dead_letters = metrics.counter("dead_letters")
+        # By stage and reason (the error's class: BadRecord, LimitExceeded, ...), as
+        # labels: ..._operator_stage_reason_dead_letters{stage="chunk",reason="..."}.
+        self._stage_metrics = metrics.add_group("stage", self.stage)
+        self._by_reason: dict[str, Any] = {}
 
     def dead_letter(
         self, error: Exception, origin: Origin | None, key: str | None, value: str | None
@@ -134,6 +139,10 @@ class GuardedFunction:
         if letter is None:
             raise error
         self._dead_letters.inc()
+        if letter.error not in self._by_reason:
+            group = self._stage_metrics.add_group("reason", letter.error)
+            self._by_reason[letter.error] = group.counter("dead_letters")
+        self._by_reason[letter.error].inc()
         log.warning("%s: dead-lettered %s: %s", self.stage, origin, letter.reason)
         return DEAD_LETTERS, dead_letter_row(letter)
 

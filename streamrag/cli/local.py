@@ -62,3 +62,18 @@ def cluster_submit(
 ) -> None:
     """Submit the ingest job with `flink run -py jobs/pipeline.py`."""
     cluster.submit(settings_of(ctx), ["--bounded"] if bounded else [], detached)
+
+
+@cluster_app.command("savepoint")
+def cluster_savepoint(ctx: typer.Context) -> None:
+    """Take a savepoint of the running ingest job (it keeps running)."""
+    typer.echo(f"savepoint: {cluster.savepoint(settings_of(ctx))}")
+
+
+@cluster_app.command("upgrade")
+def cluster_upgrade(ctx: typer.Context) -> None:
+    """Stop the running ingest job with a savepoint and submit the current code from it,
+    with its state (detached)."""
+    location, job_id = cluster.upgrade(settings_of(ctx), [])
+    typer.echo(f"stopped with savepoint {location}")
+    typer.echo(f"running job {job_id}, restored from it")

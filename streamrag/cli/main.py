@@ -5,9 +5,10 @@
       replay rematerialize|full | generations list|swap|rollback|drop-old  (replay.py)
       serve | mcp                                                    (serve.py)
       demo                                                           (demo.py)
+      status                                                         (status.py)
       connect apply|status|pause|resume|restart|delete               (connect.py)
       dead-letters list|show|redrive                                 (deadletters.py)
-      stack up|down|status | cluster up|down|submit                  (local.py)
+      stack up|down|status | cluster up|down|submit|savepoint|upgrade  (local.py)
 
 Commands parse, call the library and print; the settings reach them through the click
 context (context.py). Every expected failure (bad arguments, bad config, a service that
@@ -24,7 +25,7 @@ from typing import Annotated
 
 import typer
 
-from streamrag.cli import connect, deadletters, demo, local, pipeline, replay, serve
+from streamrag.cli import connect, deadletters, demo, local, pipeline, replay, serve, status
 from streamrag.cli.context import CliState
 from streamrag.errors import Unreachable, UserError
 from streamrag.flink import usage_message
@@ -40,6 +41,7 @@ app.add_typer(pipeline.app)  # config, topics, produce, run, query, migrate
 app.add_typer(replay.app)  # the `replay` and `generations` groups
 app.add_typer(serve.app)  # serve, mcp
 app.add_typer(demo.app)  # demo
+app.add_typer(status.app)  # status
 app.add_typer(connect.app, name="connect")
 app.add_typer(deadletters.app, name="dead-letters")
 app.add_typer(local.stack_app, name="stack")

@@ -87,16 +87,30 @@ def run(
     bounded: Annotated[
         bool, typer.Option(help="Stop at the end of the topics as of the start (demo, tests).")
     ] = False,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="Ignore (and delete) the local checkpoints: start from the committed "
+            "offsets with empty state.",
+        ),
+    ] = False,
 ) -> None:
-    """Run the ingest job with PyFlink local execution; --bounded ends with a summary."""
+    """Run the ingest job with PyFlink local execution; --bounded ends with a summary.
+    Checkpoints stay in the work directory: started again after a crash, the job resumes
+    from the latest completed one, with its state."""
     from jobs.pipeline import build
+    from streamrag.local.checkpoints import prepare
     from streamrag.models import model_dimension, resolve_model
     from streamrag.runstats import mark, summarize
 
     settings = settings_of(ctx)
     model_dimension(resolve_model(settings.embedding.model))  # installed? before any service
     marks = mark(settings) if bounded else None
-    build(settings, bounded).execute("streamrag-ingest")
+    recovery = prepare(settings, bounded, from_scratch)
+    if recovery.restore is not None:
+        typer.echo(f"resuming from checkpoint {recovery.restore}", err=True)
+    build(settings, bounded, recovery.options()).execute("streamrag-ingest")
     if marks is not None:
         for line in summarize(settings, marks).lines():
             typer.echo(line)

@@ -1,9 +1,15 @@
 """A local standalone Flink session cluster from the PyFlink wheel, for `flink run`.
 
 `streamrag cluster up` writes a Flink config under <work_dir>/flink-conf (loopback only,
-2 slots, this venv's Python for the workers) and starts a JobManager and a TaskManager;
-`streamrag cluster submit` runs `flink run -py jobs/pipeline.py` against it: the same job
-file that a Kubernetes FlinkDeployment runs.
+2 slots, this venv's Python for the workers, checkpoints and savepoints kept in the work
+directory) and starts a JobManager and a TaskManager; `streamrag cluster submit` runs
+`flink run -py jobs/pipeline.py` against it: the same job file that a Kubernetes
+FlinkDeployment runs.
+
+Upgrades keep the job's state: `streamrag cluster savepoint` takes a savepoint of the
+running ingest job, `streamrag cluster upgrade` stops it with a savepoint and submits the
+current code from it (every operator has a uid, so its state finds its way back). This is
+what the Flink Kubernetes operator does with ``upgradeMode: savepoint``.
 """
 
 from __future__ import annotations
@@ -12,16 +18,20 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-import pyflink
+import requests
 import yaml
 
 from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.errors import UserError
+from streamrag.flink import PLUGINS_DIR, PYFLINK_HOME, reporter_options
 
-PYFLINK_HOME = Path(pyflink.__file__).parent
 REST_PORT = 18081
+REST_URL = f"http://127.0.0.1:{REST_PORT}"
+JOB_NAME = "streamrag-ingest"
 
 
 class ClusterError(UserError):
@@ -36,6 +46,10 @@ def _env(settings: Settings) -> dict[str, str]:
     return {
         **os.environ,
         "FLINK_HOME": str(PYFLINK_HOME),
+        # The cluster's own lib (the local JVM's adds the plugins: they load from
+        # FLINK_PLUGINS_DIR here, each in a class loader of its own).
+        "FLINK_LIB_DIR": str(PYFLINK_HOME / "lib"),
+        "FLINK_PLUGINS_DIR": str(PLUGINS_DIR),
         "FLINK_CONF_DIR": str(conf_dir(settings)),
         "FLINK_LOG_DIR": str(Path(settings.stack.work_dir) / "logs" / "flink"),
     }
@@ -56,8 +70,25 @@ def write_conf(settings: Settings) -> Path:
         }
     )
     config["python"] = {"executable": sys.executable, "client": {"executable": sys.executable}}
+    for key, value in reporter_options(settings, processes=2).items():
+        config[key] = value
+    config.update(durable_state_options(settings))
     (target / "config.yaml").write_text(yaml.safe_dump(config))
     return target
+
+
+def savepoints_dir(settings: Settings) -> Path:
+    return (Path(settings.stack.work_dir) / "savepoints").resolve()
+
+
+def durable_state_options(settings: Settings) -> dict[str, str]:
+    """Checkpoints (kept when a job is cancelled) and savepoints in the work directory."""
+    work = Path(settings.stack.work_dir).resolve()
+    return {
+        "execution.checkpointing.dir": (work / "flink-cluster" / "checkpoints").as_uri(),
+        "execution.checkpointing.savepoint-dir": savepoints_dir(settings).as_uri(),
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+    }
 
 
 def _script(settings: Settings, name: str, *args: str) -> None:
@@ -82,8 +113,14 @@ def down(settings: Settings) -> None:
     _script(settings, "stop-cluster.sh")
 
 
-def submit(settings: Settings, job_args: list[str], detached: bool = False) -> None:
-    """`flink run -py jobs/pipeline.py [job args]` against the local cluster."""
+def submit(
+    settings: Settings,
+    job_args: list[str],
+    detached: bool = False,
+    savepoint: str | None = None,
+) -> None:
+    """`flink run [-s SAVEPOINT] -py jobs/pipeline.py [job args]` against the local
+    cluster."""
     # The wheel keeps flink-python in opt/, off the session cluster's classpath: ship it.
     (python_jar,) = (PYFLINK_HOME / "opt").glob("flink-python-*.jar")
     cmd = [
@@ -95,6 +132,7 @@ def submit(settings: Settings, job_args: list[str], detached: bool = False) -> N
         "-C",
         python_jar.as_uri(),
         *(["-d"] if detached else []),
+        *(["-s", savepoint] if savepoint else []),
         "-py",
         str(PROJECT_ROOT / "jobs" / "pipeline.py"),
         *job_args,
@@ -106,3 +144,85 @@ def submit(settings: Settings, job_args: list[str], detached: bool = False) -> N
         lines = (done.stderr + done.stdout).splitlines()
         causes = [line for line in lines if line.startswith("Caused by:")] or lines[-1:]
         raise ClusterError(f"flink run failed: {(causes or ['no output'])[-1][:300]}")
+
+
+def running_job(name: str = JOB_NAME) -> str:
+    """The id of the one RUNNING job called ``name`` on the local cluster."""
+    jobs = _rest("GET", "/jobs/overview")["jobs"]
+    running = [j["jid"] for j in jobs if j["name"] == name and j["state"] == "RUNNING"]
+    if len(running) != 1:
+        raise ClusterError(
+            f"expected one running {name} job on the local cluster, found {len(running)}"
+        )
+    return str(running[0])
+
+
+def savepoint(settings: Settings, job_id: str | None = None, timeout_s: float = 300) -> str:
+    """Take a savepoint of the running ingest job (it goes on); returns its path."""
+    job = job_id or running_job()
+    body = {"target-directory": savepoints_dir(settings).as_uri(), "cancel-job": False}
+    trigger = _rest("POST", f"/jobs/{job}/savepoints", json=body)["request-id"]
+    return _savepoint_location(job, trigger, timeout_s)
+
+
+def stop_with_savepoint(
+    settings: Settings, job_id: str | None = None, timeout_s: float = 300
+) -> str:
+    """Stop the running ingest job with a savepoint (no records after it are processed,
+    the sinks flush); returns the savepoint's path."""
+    job = job_id or running_job()
+    body = {"targetDirectory": savepoints_dir(settings).as_uri(), "drain": False}
+    trigger = _rest("POST", f"/jobs/{job}/stop", json=body)["request-id"]
+    location = _savepoint_location(job, trigger, timeout_s)
+    _wait_for_state(job, {"FINISHED", "CANCELED"}, timeout_s)
+    return location
+
+
+def upgrade(settings: Settings, job_args: list[str], timeout_s: float = 300) -> tuple[str, str]:
+    """Stop the ingest job with a savepoint and submit the current code from it
+    (detached); returns (savepoint path, new job id)."""
+    location = stop_with_savepoint(settings, timeout_s=timeout_s)
+    submit(settings, job_args, detached=True, savepoint=location)
+    return location, running_job()
+
+
+def _savepoint_location(job: str, trigger: str, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = _rest("GET", f"/jobs/{job}/savepoints/{trigger}")
+        if status["status"]["id"] == "COMPLETED":
+            operation = status.get("operation") or {}
+            if "failure-cause" in operation:
+                cause = operation["failure-cause"].get("stack-trace", "").splitlines()
+                raise ClusterError(f"savepoint failed: {(cause or ['unknown cause'])[0][:300]}")
+            return str(operation["location"])
+        time.sleep(0.5)
+    raise ClusterError(f"savepoint of job {job} not done after {timeout_s:.0f} s")
+
+
+def _wait_for_state(job: str, states: set[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (state := _rest("GET", f"/jobs/{job}")["state"]) not in states:
+        if time.monotonic() > deadline:
+            raise ClusterError(f"job {job} is {state} after {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def _rest(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    try:
+        resp = requests.request(method, REST_URL + path, timeout=30, **kwargs)
+    except requests.ConnectionError as e:
+        raise ClusterError(
+            f"the local Flink cluster is not reachable at {REST_URL} "
+            "(start it with `streamrag cluster up`)"
+        ) from e
+    if resp.status_code >= 400:
+        try:
+            errors = resp.json().get("errors", [])
+        except ValueError:
+            errors = [resp.text]
+        raise ClusterError(
+            f"Flink REST {method} {path}: {resp.status_code} {(errors or [''])[0][:300]}"
+        )
+    result: dict[str, Any] = resp.json()
+    return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -21,6 +22,7 @@ import pytest
 from streamrag import generations
 from streamrag.config import PROJECT_ROOT, Settings, isolated_env, load_settings
 from streamrag.kafka import Message, ensure_topics, read_log, send_all
+from streamrag.local.checkpoints import checkpoints_dir
 from streamrag.stores import open_store
 from streamrag.stores.base import VectorStore
 
@@ -103,6 +105,8 @@ def pipeline(request: pytest.FixtureRequest, stack: Settings) -> Iterator[Pipeli
     p = make_pipeline(stack, request.param)
     yield p
     generations.drop_all(p.settings)
+    # What `streamrag run` keeps to resume after a crash (streamrag.local.checkpoints).
+    shutil.rmtree(checkpoints_dir(p.settings, bounded=False).parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -34,3 +34,29 @@ def test_the_failure_ledger_lives_on_a_volume_of_the_task_managers(tmp_path):
     mounts = deployment["spec"]["podTemplate"]["spec"]["containers"][0]["volumeMounts"]
 
     assert ledger in [m["mountPath"] for m in mounts]
+
+
+def test_upgrades_go_through_savepoints_in_durable_directories():
+    deployment = yaml.safe_load((PROJECT_ROOT / "k8s" / "flinkdeployment.yaml").read_text())
+    conf = deployment["spec"]["flinkConfiguration"]
+
+    assert deployment["spec"]["job"]["upgradeMode"] == "savepoint"
+    for key in ("execution.checkpointing.dir", "execution.checkpointing.savepoint-dir"):
+        assert conf[key].startswith(("s3://", "gs://", "abfs://", "hdfs://")), key
+    assert conf["execution.checkpointing.externalized-checkpoint-retention"] == (
+        "RETAIN_ON_CANCELLATION"
+    )
+
+
+def test_the_metrics_port_is_the_one_the_pod_monitor_scrapes():
+    deployment = yaml.safe_load((PROJECT_ROOT / "k8s" / "flinkdeployment.yaml").read_text())
+    monitor = yaml.safe_load((PROJECT_ROOT / "k8s" / "monitoring" / "podmonitor.yaml").read_text())
+    pod = deployment["spec"]["podTemplate"]
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    port_name = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+
+    assert (
+        str(ports[port_name])
+        == deployment["spec"]["flinkConfiguration"]["metrics.reporter.prom.port"]
+    )
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()

@@ -1,0 +1,303 @@
+"""Operating the pipeline (issue 13), on the real stack:
+
+- the metrics that Flink's Prometheus reporter serves for a running job agree with the
+  index (freshness histogram, chunks, dead letters by reason), and the shipped alert
+  rules and Grafana dashboard parse and name only metrics of that scrape;
+- `streamrag status` reports the job, its lag, dead letters and the index, and fails as
+  a probe when something is wrong;
+- a local job killed outright resumes from its latest checkpoint, with its state: it
+  chunks nothing again that it had processed;
+- an upgrade through a savepoint on the local cluster, mid-stream, loses, duplicates
+  and re-embeds nothing, and carries the per-document state over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import promql_parser
+import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamrag.config import PROJECT_ROOT, Settings, load_settings
+from streamrag.kafka import read_log
+from streamrag.local import cluster
+from streamrag.local.checkpoints import checkpoints_dir
+from streamrag.status import find_job
+from tests.integration.conftest import CLI, Pipeline, make_pipeline
+from tests.integration.test_crash import (
+    FLINK_REST,
+    Job,
+    cluster_job,
+    document,
+    embedded_per_chunk,
+    expected_index,
+    index_now,
+    poll,
+)
+
+pytestmark = pytest.mark.integration
+
+OPERATOR = "flink_taskmanager_job_task_operator_"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples by name, from the reporter's endpoint."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+    return sum(v for _, v in samples.get(OPERATOR + name, []))
+
+
+def metric_names(expr: str) -> set[str]:
+    promql_parser.parse(expr)  # raises on a malformed expression
+    return set(re.findall(r"\bflink_[A-Za-z0-9_]+", expr))
+
+
+def shipped_expressions() -> list[str]:
+    monitoring = PROJECT_ROOT / "k8s" / "monitoring"
+    rules = yaml.safe_load((monitoring / "alerts.yaml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    dashboard = json.loads((monitoring / "dashboard.json").read_text())
+    exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    return exprs
+
+
+def chunk_records(settings: Settings) -> list[dict]:
+    return [
+        json.loads(m.value)
+        for m in read_log(settings, settings.kafka.chunks_topic, timeout_s=60)
+        if m.value
+    ]
+
+
+# The first documents of a job wait for its start (the model loads, the first bundles):
+# the freshness objective here is loose, the check itself is what is tested.
+LOOSE = ["--freshness-p99-ms", "600000"]
+
+
+def status(p: Pipeline) -> tuple[int, dict]:
+    done = subprocess.run(
+        [CLI, "status", "--json", *LOOSE], env=p.env, capture_output=True, text=True, timeout=120
+    )
+    return done.returncode, json.loads(done.stdout)
+
+
+def check(report: dict, name: str) -> dict:
+    (found,) = [c for c in report["checks"] if c["name"] == name]
+    return dict(found)
+
+
+def test_metrics_status_alerts_and_dashboard_agree_with_the_index(stack: Settings, tmp_path: Path):
+    p = make_pipeline(stack, "milvus")
+    port = free_port()
+    p.env["STREAMRAG_FLINK__PROMETHEUS_PORT"] = str(port)
+    docs = [document(n, 1, parts=3) for n in range(6)]
+    want = expected_index(p.settings, docs)
+    job = Job.start(p, tmp_path / "job.log")
+    try:
+        p.produce_docs(docs)
+        p.produce([("broken", "{not json")])
+        poll(lambda: index_now(p) == want, "the documents indexed", job.check_running)
+        p.produce_docs([document(0, 0, parts=3)])  # older than what is indexed: stale
+        # Python metrics reach the reporter when a bundle ends: wait until they caught up.
+        poll(
+            lambda: total(scrape(port), "stale_events") == 1,
+            "the metrics to catch up",
+            job.check_running,
+            timeout_s=60,
+        )
+        samples = scrape(port)
+
+        # The counters agree with the index and with what was produced.
+        assert total(samples, "documents_in") == len(docs) + 1  # the broken record is none
+        assert total(samples, "chunks_indexed") == len(want)
+        assert total(samples, "chunks_in") == len(want)
+        assert total(samples, "chunks_embedded") + total(samples, "chunks_reused") == len(want)
+        (letters,) = samples[OPERATOR + "stage_reason_dead_letters"]
+        assert (letters[0]["stage"], letters[0]["reason"], letters[1]) == (
+            "normalize",
+            "BadRecord",
+            1,
+        )
+        # The freshness histogram: one observation per document event, cumulative buckets.
+        assert total(samples, "freshness_ms_count") == len(docs)
+        buckets = {
+            labels["le"]: value for labels, value in samples[OPERATOR + "le_freshness_ms_bucket"]
+        }
+        assert buckets["+Inf"] == len(docs)
+        ordered = sorted(buckets.items(), key=lambda kv: float(kv[0]))
+        assert [v for _, v in ordered] == sorted(v for _, v in ordered)
+        assert total(samples, "le_store_write_ms_bucket") > 0
+        # Kafka: what the source has not read, and offsets per partition.
+        assert OPERATOR + "pendingRecords" in samples
+        partitions = {
+            labels["partition"]
+            for labels, _ in samples[OPERATOR + "KafkaSourceReader_topic_partition_committedOffset"]
+        }
+        assert partitions == {str(n) for n in range(p.settings.kafka.partitions)}
+
+        # The shipped alert rules and dashboard parse and name only scraped metrics.
+        named = set().union(*(metric_names(e) for e in shipped_expressions()))
+        assert named and named <= set(samples), named - set(samples)
+
+        # streamrag status: all is well but the dead letter, which makes the probe fail.
+        poll(
+            lambda: check(status(p)[1], "lag")["data"]["total"] == 0,
+            "the offsets to be committed",
+            job.check_running,
+            timeout_s=60,
+        )
+        code, report = status(p)
+        checks = {c["name"]: c for c in report["checks"]}
+        assert code == 1 and report["ok"] is False
+        assert [c["name"] for c in report["checks"] if not c["ok"]] == ["dead letters"]
+        assert checks["ingest job"]["data"]["state"] == "RUNNING"
+        assert checks["checkpoint"]["data"]["id"] >= 1
+        assert checks["dead letters"]["data"]["by_reason"] == {"normalize/BadRecord": 1}
+        assert checks["index"]["data"]["chunks"] == len(want)
+        assert 0 < checks["freshness"]["data"]["p99_ms"] < 60_000
+        human = subprocess.run(
+            [CLI, "status", *LOOSE], env=p.env, capture_output=True, text=True, timeout=120
+        )
+        assert human.returncode == 1
+        assert re.search(r"^FAIL +dead letters +1 \(normalize/BadRecord 1\)", human.stdout, re.M)
+        assert re.search(r"^ok +ingest job +RUNNING", human.stdout, re.M)
+    finally:
+        job.kill()
+        shutil.rmtree(checkpoints_dir(p.settings, bounded=False).parent, ignore_errors=True)
+
+    # Without its job, the probe says so.
+    code, report = status(p)
+    job_check = check(report, "ingest job")
+    assert code == 1 and not job_check["ok"] and "no streamrag-ingest job" in job_check["summary"]
+
+
+def latest_checkpoint_ack_ms(settings: Settings) -> int:
+    job = find_job(settings, [])
+    if job is None:
+        return 0
+    stats = requests.get(f"{job.url}/jobs/{job.job_id}/checkpoints", timeout=10).json()
+    latest = (stats.get("latest") or {}).get("completed") or {}
+    return int(latest.get("latest_ack_timestamp", 0))
+
+
+def test_a_killed_local_job_resumes_from_its_checkpoint_and_chunks_nothing_again(
+    stack: Settings, tmp_path: Path
+):
+    p = make_pipeline(stack, "pgvector")
+    first = [document(n, 1, parts=3) for n in range(8)]
+    second = [document(n, 1, parts=3) for n in range(8, 12)]
+    job = Job.start(p, tmp_path / "first.log")
+    try:
+        p.produce_docs(first)
+        poll(
+            lambda: index_now(p) == expected_index(p.settings, first),
+            "the first documents indexed",
+            job.check_running,
+        )
+        indexed_ms = time.time() * 1000
+        poll(
+            lambda: latest_checkpoint_ack_ms(p.settings) > indexed_ms,
+            "a checkpoint after them",
+            job.check_running,
+            timeout_s=60,
+        )
+    finally:
+        job.kill()  # SIGKILL to the client, its JVM and its Python workers
+    chunked_first = Counter(r["doc_id"] for r in chunk_records(p.settings))
+
+    # While it is down: new documents, and one of the first sent again unchanged.
+    p.produce_docs([*second, first[0]])
+    want = expected_index(p.settings, first + second)
+    job = Job.start(p, tmp_path / "second.log")
+    try:
+        poll(lambda: index_now(p) == want, "the restarted job to catch up", job.check_running)
+        expected_records = len(expected_index(p.settings, second)) + len(second)  # + trims
+        poll(
+            lambda: (
+                len(chunk_records(p.settings)) >= sum(chunked_first.values()) + expected_records
+            ),
+            "the chunk records of the new documents",
+            job.check_running,
+            timeout_s=60,
+        )
+    finally:
+        job.kill()
+        shutil.rmtree(checkpoints_dir(p.settings, bounded=False).parent, ignore_errors=True)
+
+    assert "resuming from checkpoint" in (tmp_path / "second.log").read_text()
+    chunked = Counter(r["doc_id"] for r in chunk_records(p.settings))
+    # Nothing of the first documents was chunked again, not even the one sent again:
+    # the restored state knew it unchanged. (A job without state would chunk it anew.)
+    assert {d: chunked[d] for d in chunked_first} == dict(chunked_first)
+    assert index_now(p) == want
+    assert p.dead_letters() == []
+
+
+def test_an_upgrade_through_a_savepoint_mid_stream_keeps_records_and_state(
+    stack: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    p = make_pipeline(stack, "milvus")
+    monkeypatch.setattr(os, "environ", p.env)  # the cluster and the job read this config
+    settings = load_settings()
+    first = [document(n, 1, parts=3) for n in range(8)]
+    during = [document(n, 1, parts=3) for n in range(8, 14)]
+    after = [document(n, 1, parts=3) for n in range(14, 18)]
+    changed = document(1, 2, parts=2)
+    with cluster_job(settings) as old_job:
+        p.produce_docs(first)
+        poll(lambda: index_now(p) == expected_index(settings, first), "the first documents")
+        p.produce_docs(during)  # still flowing when the upgrade stops the job
+        started = time.monotonic()
+        done = subprocess.run(
+            [CLI, "cluster", "upgrade"], env=p.env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr
+        took_s = time.monotonic() - started
+        assert "stopped with savepoint" in done.stdout
+        new_job = cluster.running_job()
+        assert new_job != old_job
+        restored = requests.get(f"{FLINK_REST}/jobs/{new_job}/checkpoints", timeout=10).json()
+        assert restored["latest"]["restored"]["is_savepoint"] is True
+
+        p.produce_docs([*after, first[0], changed])  # first[0] again, unchanged
+        want = expected_index(settings, first + during + after + [changed])
+        poll(lambda: index_now(p) == want, "the upgraded job to catch up")
+        requests.patch(f"{FLINK_REST}/jobs/{new_job}", params={"mode": "cancel"}, timeout=10)
+    print(f"upgrade (stop with savepoint + submit) took {took_s:.1f} s")
+
+    records = chunk_records(settings)
+    # No record lost or written twice: each (chunk, version) once in the chunks topic.
+    per_version = Counter((r["chunk_id"], r["version"], r["op"]) for r in records)
+    assert max(per_version.values()) == 1
+    # The state came over: first[0], sent again unchanged, was not chunked again...
+    first_records = len(expected_index(settings, [first[0]])) + 1  # its chunks and trim
+    assert sum(r["doc_id"] == first[0]["id"] for r in records) == first_records
+    # ...and no chunk went through the model twice but those of the changed document.
+    embedded = embedded_per_chunk(settings)
+    twice = {want[cid][0] for cid, n in embedded.items() if n > 1}
+    assert twice == {changed["id"]} and max(embedded.values()) == 2
+    assert p.dead_letters() == []
