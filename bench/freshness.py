@@ -7,6 +7,9 @@ Bench: a private copy of the sample schema (own publication, slot, topic prefix)
      one-chunk body
   -> latency of a row = indexed_at_ms - source_ts_ms (the commit time Debezium reports),
      both stored on the chunk itself, so no polling skews the figure.
+  -> with ``scrape_metrics``, Flink's Prometheus reporter is scraped before the job stops:
+     its freshness histogram and chunk counters must agree with what was written and with
+     the index (``{label}_metrics_agree``).
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from jobs.chunking.planner import chunk_id
 from streamrag import generations
 from streamrag.config import PROJECT_ROOT, CdcConfig, Settings, isolated_env, load_settings
 from streamrag.local.stack import postgres_dsn
+from streamrag.metrics import operator_total, scrape
 from streamrag.migrate import drop_replication_slot
 from streamrag.stores import open_store
 from streamrag.stores.base import StoreError
 
 ROWS, RATE = 150, 5.0
+METRICS_PORT = 19249
+OPERATOR = "flink_taskmanager_job_task_operator_"
 CONNECTOR_FILE = PROJECT_ROOT / "connect" / "postgres-source.json"
 CLI = str(Path(sys.executable).with_name("streamrag"))
 
@@ -59,7 +65,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def freshness_figures(
-    rate: float = RATE, rows: int = ROWS, label: str = "freshness"
+    rate: float = RATE, rows: int = ROWS, label: str = "freshness", scrape_metrics: bool = False
 ) -> dict[str, float]:
     """Commit -> indexed latencies at ``rate`` updates a second, as ``{label}_p50_ms`` etc."""
     base = load_settings()
@@ -79,6 +85,7 @@ def freshness_figures(
             CDC__TABLES=json.dumps(tables),
             FLINK__BUNDLE_TIME_MS="20",
             FLINK__BUNDLE_SIZE="10",
+            **({"FLINK__PROMETHEUS_PORT": str(METRICS_PORT)} if scrape_metrics else {}),
         ),
     }
     os.environ.update(env)
@@ -98,6 +105,7 @@ def freshness_figures(
     registry = ConnectRegistry(connect_url(settings))
     conn = psycopg.connect(dsn, autocommit=True)
     job = None
+    metrics: dict[str, float] = {}
     try:
         registry.apply(name, config)
         registry.wait_running(name, 60)
@@ -135,6 +143,8 @@ def freshness_figures(
             "the updates to be indexed",
         )
         latencies = [c.indexed_at_ms - c.source_ts_ms for c in store.get(ids)]
+        if scrape_metrics:
+            metrics = metrics_figures(label, events=2 * rows, indexed=store.count())
         store.drop()
         store.close()
     finally:
@@ -147,10 +157,37 @@ def freshness_figures(
         conn.close()
         drop_replication_slot(dsn, f"slot_{tag}")
     return {
+        **metrics,
         f"{label}_p50_ms": round(percentile(latencies, 0.5)),
         f"{label}_p99_ms": round(percentile(latencies, 0.99)),
         f"{label}_updates": len(latencies),
         f"{label}_updates_per_s": round(achieved, 1),
+    }
+
+
+def metrics_figures(label: str, events: int, indexed: int) -> dict[str, float]:
+    """What the running job's Prometheus endpoint says, once it caught up: ``events``
+    document events (an insert, then an update, of each row), each a freshness
+    observation and one chunk written, over an index of ``indexed`` chunks."""
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    wait_for(
+        lambda: operator_total(scrape(url), "freshness_ms_count") >= events,
+        60,
+        "the job's metrics to catch up",
+    )
+    samples = scrape(url)
+    counted = operator_total(samples, "freshness_ms_count")
+    written = operator_total(samples, "chunks_indexed")
+    inf = sum(
+        v
+        for labels, v in samples.get(f"{OPERATOR}le_freshness_ms_bucket", [])
+        if labels.get("le") == "+Inf"
+    )
+    return {
+        f"{label}_metrics_freshness_count": counted,
+        f"{label}_metrics_chunks_indexed": written,
+        f"{label}_metrics_freshness_p99_ms": operator_total(samples, "freshness_ms_p99"),
+        f"{label}_metrics_agree": counted == inf == written == events and indexed * 2 == events,
     }
 
 

@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         **query,
     }
     print(f"figures so far: {json.dumps(figures)}", flush=True)
-    figures.update(freshness_figures())
+    figures.update(freshness_figures(scrape_metrics=True))
     print(f"figures so far: {json.dumps(figures)}", flush=True)
     figures.update(freshness_figures(rate=50.0, rows=500, label="freshness_50"))
     print(json.dumps(figures))

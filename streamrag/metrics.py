@@ -112,3 +112,25 @@ class LatencyHistogram:
         self._count.inc()
         self._sum.inc(round(value_ms))
         self.recent.add(value_ms)
+
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape(url: str, timeout_s: float = 10) -> Samples:
+    """The samples a Prometheus endpoint serves, by name (tests, bench, status tools)."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(url, timeout=timeout_s).text
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
+    return samples
+
+
+def operator_total(samples: Samples, name: str) -> float:
+    """The sum over every operator instance of one of the jobs' metrics, as Flink's
+    Prometheus reporter names it (``flink_taskmanager_job_task_operator_<name>``)."""
+    return sum(v for _, v in samples.get(f"flink_taskmanager_job_task_operator_{name}", []))

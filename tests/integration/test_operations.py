@@ -27,12 +27,13 @@ import promql_parser
 import pytest
 import requests
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from streamrag.config import PROJECT_ROOT, Settings, load_settings
 from streamrag.kafka import read_log
 from streamrag.local import cluster
 from streamrag.local.checkpoints import checkpoints_dir
+from streamrag.metrics import Samples, operator_total
+from streamrag.metrics import scrape as read_metrics
 from streamrag.status import find_job
 from tests.integration.conftest import CLI, Pipeline, make_pipeline
 from tests.integration.test_crash import (
@@ -57,18 +58,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Samples by name, from the reporter's endpoint."""
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, []).append((s.labels, s.value))
-    return samples
+def scrape(port: int) -> Samples:
+    return read_metrics(f"http://127.0.0.1:{port}/metrics")
 
 
-def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
-    return sum(v for _, v in samples.get(OPERATOR + name, []))
+def total(samples: Samples, name: str) -> float:
+    return operator_total(samples, name)
 
 
 def metric_names(expr: str) -> set[str]:
