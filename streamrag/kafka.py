@@ -289,12 +289,19 @@ def send_all(
 def pending_records(settings: Settings, topic: str, group_id: str) -> int:
     """Records of ``topic`` that consumer group ``group_id`` has not committed yet (from
     the earliest offset where it has committed nothing); 0 when the topic is missing."""
+    try:
+        return sum(partition_lag(settings, topic, group_id).values())
+    except TopicMissing:
+        return 0
+
+
+def partition_lag(settings: Settings, topic: str, group_id: str) -> dict[int, int]:
+    """Per partition of ``topic``: its end offset minus what ``group_id`` committed (all
+    of the partition's records while the group has committed nothing there). TopicMissing
+    when there is no such topic."""
     consumer = _consumer(settings)
     try:
-        try:
-            ends = end_offsets_of(consumer, topic)
-        except TopicMissing:
-            return 0
+        ends = end_offsets_of(consumer, topic)
         group = Consumer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap,
@@ -307,13 +314,13 @@ def pending_records(settings: Settings, topic: str, group_id: str) -> int:
             committed = group.committed([TopicPartition(topic, p) for p in ends], timeout=10)
         finally:
             group.close()
-        pending = 0
+        lag = {}
         for tp in committed:
             start = tp.offset
             if start < 0:  # nothing committed: the job starts at the earliest offset
                 start = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), 10)[0]
-            pending += max(ends[tp.partition] - start, 0)
-        return pending
+            lag[tp.partition] = max(ends[tp.partition] - start, 0)
+        return lag
     except KafkaException as e:
         raise KafkaUnavailable(f"cannot read the offsets of {topic}: {e}") from e
     finally:

@@ -27,14 +27,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import requests
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streamrag.config import Settings
 from streamrag.errors import UserError
 from streamrag.flink import GROUP_PARAMETER, LOCAL_REST_PORTS, job_group
-from streamrag.kafka import TopicMissing, end_offsets, read_log
-from streamrag.quiet import LIBRDKAFKA
-from streamrag.records import DeadLetter
+from streamrag.kafka import TopicMissing, partition_lag
 
 JOB_NAME = "streamrag-ingest"
 CLUSTER_URL = "http://127.0.0.1:18081"
@@ -268,40 +265,16 @@ def _get(url: str, path: str, params: dict[str, str] | None = None) -> Any:
 # --- lag --------------------------------------------------------------------------------
 
 
-def partition_lag(settings: Settings, topic: str) -> dict[int, int]:
-    """Per partition of ``topic``: end offset minus the group's committed offset (all of
-    the partition's records while the group has committed nothing)."""
-    ends = end_offsets(settings, topic)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": settings.kafka.group_id,
-            "enable.auto.commit": False,
-        },
-        logger=LIBRDKAFKA,
-    )
-    try:
-        committed = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=10)
-        lag = {}
-        for tp in committed:
-            start = tp.offset
-            if start < 0:
-                start = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), 10)[0]
-            lag[tp.partition] = max(ends[tp.partition] - start, 0)
-        return lag
-    except KafkaException as e:
-        raise UserError(f"cannot read the offsets of {topic}: {e}") from e
-    finally:
-        consumer.close()
-
-
 def lag_checks(settings: Settings, thresholds: Thresholds) -> list[Check]:
     checks = []
     for topic in [settings.kafka.documents_topic, *settings.cdc.tables]:
         try:
-            lag = partition_lag(settings, topic)
+            lag = partition_lag(settings, topic, settings.kafka.group_id)
         except TopicMissing:
             checks.append(Check("lag", True, f"{topic}: no such topic yet", {"topic": topic}))
+            continue
+        except UserError as e:  # Kafka unreachable: a probe says so, it does not stop
+            checks.append(Check("lag", False, f"{topic}: {e}", {"topic": topic}))
             continue
         total = sum(lag.values())
         parts = " ".join(f"p{p}={n}" for p, n in sorted(lag.items()))
@@ -319,23 +292,17 @@ def lag_checks(settings: Settings, thresholds: Thresholds) -> list[Check]:
 
 
 def dead_letter_check(settings: Settings, thresholds: Thresholds) -> Check:
-    topic = settings.kafka.dead_letter_topic
+    from streamrag.deadletters import read_entries
+
     try:
-        messages = list(read_log(settings, topic, timeout_s=30))
-    except TopicMissing:
-        return Check("dead letters", True, "none (no topic yet)", {"total": 0})
+        entries, unreadable = read_entries(settings)
+    except UserError as e:  # Kafka unreachable
+        return Check("dead letters", False, f"cannot read them: {e}")
     since_ms = time.time() * 1000 - thresholds.dead_letter_window_s * 1000
-    by_reason: Counter[str] = Counter()
-    recent = 0
-    for m in messages:
-        if m.value is None:
-            continue
-        try:
-            letter = DeadLetter.from_json(m.value)
-            by_reason[f"{letter.stage}/{letter.error}"] += 1
-        except (ValueError, TypeError, KeyError):
-            by_reason["unreadable"] += 1
-        recent += m.timestamp_ms >= since_ms
+    by_reason = Counter(f"{e.letter.stage}/{e.letter.error}" for e in entries)
+    if unreadable:
+        by_reason["unreadable"] = len(unreadable)
+    recent = sum(e.timestamp_ms >= since_ms for e in entries)
     total = sum(by_reason.values())
     if total == 0:
         return Check("dead letters", True, "none", {"total": 0})
@@ -345,12 +312,8 @@ def dead_letter_check(settings: Settings, thresholds: Thresholds) -> Check:
     ok = recent == 0
     if not ok:
         summary += ": see `streamrag dead-letters list`"
-    return Check(
-        "dead letters",
-        ok,
-        summary,
-        {"total": total, "recent": recent, "by_reason": dict(by_reason)},
-    )
+    data = {"total": total, "recent": recent, "by_reason": dict(by_reason)}
+    return Check("dead letters", ok, summary, data)
 
 
 # --- the index ----------------------------------------------------------------------------
