@@ -14,7 +14,6 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import psycopg
 import pytest
@@ -38,30 +37,16 @@ from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.kafka import end_offsets, ensure_topics, read_log
 from streamrag.local.stack import postgres_dsn
 from tests.integration.conftest import CLI, Pipeline, make_pipeline, settings_with
-from tests.integration.test_cdc import cdc_records, delete_topics, drop_slot, has, poll
+from tests.integration.test_cdc import Cdc, cdc_records, delete_topics, drop_slot, has, poll
 
 pytestmark = pytest.mark.integration
 ROWS = 120  # rows of the table added later: 12 chunks
 
 
-@dataclass
-class Source:
-    tag: str
-    schema: str
-    name: str
-    config: dict[str, str]
-    dsn: str
-    registry: ConnectRegistry
-    pipeline: Pipeline
+class Source(Cdc):
+    """test_cdc's private source (schema, slot, connector), with what these tests read."""
 
-    def topic(self, table: str) -> str:
-        return f"{self.config['topic.prefix']}.{self.schema}.{table}"
-
-    def sql(self, statement: str, params: tuple = ()) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(statement.replace("{s}", self.schema), params or None)
-
-    def events(self, table: str, start: dict[int, int] | None = None) -> list[dict]:
+    def changes(self, table: str, start: dict[int, int] | None = None) -> list[dict]:
         settings = self.pipeline.settings
         return [
             {"key": json.loads(m.key), **json.loads(m.value)}
@@ -129,6 +114,7 @@ def source(stack: Settings) -> Iterator[Source]:
     world = Source(
         tag,
         schema,
+        f"slot_{tag}",
         f"{name}-snap-{tag}",
         config,
         dsn,
@@ -214,12 +200,12 @@ def test_added_table_is_backfilled_while_streaming_goes_on(source: Source):
     assert "COMPLETED" in done.stdout
 
     poll(lambda: _has_title(source, titles[-1]), 60, "the last update of kb.articles")
-    reads = [e for e in source.events("docs") if e["op"] == "r"]
+    reads = [e for e in source.changes("docs") if e["op"] == "r"]
     assert sorted(e["key"]["id"] for e in reads) == list(range(1, ROWS + 1))
     assert {e["source"]["snapshot"] for e in reads} == {"incremental"}
     # Streamed changes were interleaved with the snapshot's chunks, not held back.
     first, last = min(e["ts_ms"] for e in reads), max(e["ts_ms"] for e in reads)
-    updates = [e["ts_ms"] for e in source.events("articles") if e["op"] == "u"]
+    updates = [e["ts_ms"] for e in source.changes("articles") if e["op"] == "u"]
     assert any(first < ts < last for ts in updates), (first, last, updates)
     # The signalling table's own events never reach Kafka (the connector's filter).
     assert cdc_records(source.pipeline.settings, source.topic("debezium_signal")) == []
@@ -250,7 +236,7 @@ def test_filtered_reread_re_emits_only_matching_rows_and_re_embeds_nothing(sourc
     assert outcome.state == "COMPLETED"
     assert outcome.scans == {str(articles): ("SUCCEEDED", 4)}
 
-    reread = source.events("articles", start)
+    reread = source.changes("articles", start)
     assert sorted(e["key"]["id"] for e in reread) == [1, 2, 3, 4]  # not 5
     assert {e["op"] for e in reread} == {"r"}
     summary = source.run()
@@ -310,4 +296,4 @@ def _pairs(source: Source, table: str) -> list:
 
 
 def _has_title(source: Source, title: str) -> bool:
-    return any(e["op"] == "u" and e["after"]["title"] == title for e in source.events("articles"))
+    return any(e["op"] == "u" and e["after"]["title"] == title for e in source.changes("articles"))
