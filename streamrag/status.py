@@ -165,9 +165,8 @@ def job_checks(settings: Settings, job: FlinkJob | None, thresholds: Thresholds)
         "restarts": restarts,
     }
     running = job.state == "RUNNING"
-    summary = (
-        f"{job.state} at {job.url} (job {job.job_id[:8]}), up {_duration(uptime_s)}, "
-        f"restarts {restarts if restarts is not None else '?'}"
+    summary = f"{job.state} at {job.url} (job {job.job_id[:8]}), up {_duration(uptime_s)}, " + (
+        f"restarts {restarts}" if restarts is not None else "restarts not reported yet"
     )
     checks = [Check("ingest job", running, summary if running else f"{summary}: not RUNNING", data)]
     checks.append(_checkpoint_check(settings, job, thresholds, now_ms))
