@@ -31,14 +31,13 @@ from jobs.chunking.planner import chunk_id
 from streamrag import generations
 from streamrag.config import PROJECT_ROOT, CdcConfig, Settings, isolated_env, load_settings
 from streamrag.local.stack import postgres_dsn
-from streamrag.metrics import operator_total, scrape
+from streamrag.metrics import OPERATOR_PREFIX, operator_total, scrape
 from streamrag.migrate import drop_replication_slot
 from streamrag.stores import open_store
 from streamrag.stores.base import StoreError
 
 ROWS, RATE = 150, 5.0
 METRICS_PORT = 19249
-OPERATOR = "flink_taskmanager_job_task_operator_"
 CONNECTOR_FILE = PROJECT_ROOT / "connect" / "postgres-source.json"
 CLI = str(Path(sys.executable).with_name("streamrag"))
 
@@ -180,7 +179,7 @@ def metrics_figures(label: str, events: int, indexed: int) -> dict[str, float]:
     written = operator_total(samples, "chunks_indexed")
     inf = sum(
         v
-        for labels, v in samples.get(f"{OPERATOR}le_freshness_ms_bucket", [])
+        for labels, v in samples.get(f"{OPERATOR_PREFIX}le_freshness_ms_bucket", [])
         if labels.get("le") == "+Inf"
     )
     return {

@@ -52,7 +52,14 @@ from jobs.embedding.batching import batch_key
 from jobs.embedding.embedder import Embedder
 from jobs.indexing.apply import apply_records
 from streamrag.config import Settings
-from streamrag.flink import KEYED_ROW, add_kafka_sink, create_context, kafka_source, run_job_main
+from streamrag.flink import (
+    INGEST_JOB,
+    KEYED_ROW,
+    add_kafka_sink,
+    create_context,
+    kafka_source,
+    run_job_main,
+)
 from streamrag.kafka import ensure_topics
 from streamrag.metrics import LatencyHistogram
 from streamrag.models import load_configured, model_dimension, resolve_model
@@ -280,7 +287,8 @@ class IndexEmbeddings(GuardedFunction, ProcessFunction):
         yield from self.whole_or_each(events_from_json(row["events"]), whole, each)
 
     def _apply(self, events: list[EventBatch], stored: dict[str, int] | None) -> None:
-        records = [EmbeddingRecord.from_dict(r) for e in events for r in e.records]
+        per_event = [[EmbeddingRecord.from_dict(r) for r in e.records] for e in events]
+        records = [r for mine in per_event for r in mine]
         started = time.monotonic()
         apply_records(self._store, records, stored)
         self._write_ms.observe((time.monotonic() - started) * 1000)
@@ -290,10 +298,8 @@ class IndexEmbeddings(GuardedFunction, ProcessFunction):
         self._chunks_embedded.inc(embedded)
         self._chunks_reused.inc(upserts - embedded)
         now_ms = time.time() * 1000
-        for event in events:
-            committed = max(
-                (r.get("chunk", r).get("source_ts_ms") or 0 for r in event.records), default=0
-            )
+        for mine in per_event:
+            committed = max((r.chunk.source_ts_ms for r in mine), default=0)
             if committed > 0:
                 self._freshness_ms.observe(now_ms - committed)
 
@@ -349,7 +355,7 @@ def build(
     """Build the ingest job; returns the Flink environment to ``execute()``. ``options``:
     further Flink options (`streamrag run` passes its local checkpoints)."""
     dim = model_dimension(resolve_model(settings.embedding.model))  # the model is here
-    ctx = create_context(settings, "streamrag-ingest", options)
+    ctx = create_context(settings, INGEST_JOB, options)
     # The Kafka source fails on a missing topic, and Debezium creates its topics only
     # once the connector runs: create them (compacted) so the job can start first.
     ensure_topics(settings)
@@ -396,7 +402,7 @@ def build(
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_job_main(build, "streamrag-ingest", argv)
+    run_job_main(build, INGEST_JOB, argv)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,12 @@ os.environ.setdefault("FLINK_PLUGINS_DIR", str(PLUGINS_DIR))
 if "FLINK_LIB_DIR" not in os.environ and (_lib := local_lib_dir()) is not None:
     os.environ["FLINK_LIB_DIR"] = str(_lib)
 
-# REST ports of local runs (`streamrag run`): the first free one is taken.
+# The ingest job's name, on every Flink it runs on.
+INGEST_JOB = "streamrag-ingest"
+# REST port of the local cluster (`streamrag cluster up`), and the ports of local runs
+# (`streamrag run`), of which the first free one is taken: where `streamrag status`
+# looks for the job, which it knows by the consumer group among its parameters.
+CLUSTER_REST_PORT = 18081
 LOCAL_REST_PORTS = "18181-18190"
 GROUP_PARAMETER = "streamrag.group_id"
 
@@ -137,7 +142,8 @@ def create_context(
 
 
 def job_group(settings: Settings) -> str:
-    """The consumer group as a job parameter (characters of Flink's map syntax replaced)."""
+    """The consumer group as a job parameter and a folder name (any character but
+    letters, digits and ``._-`` replaced: Flink's map syntax and paths need no quoting)."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", settings.kafka.group_id)
 
 

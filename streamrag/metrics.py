@@ -25,6 +25,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+# The gauges' window: the quantiles of the last five minutes.
+RECENT_WINDOW_S = 300
+# Flink's Prometheus reporter names an operator's metric <this prefix><metric name>.
+OPERATOR_PREFIX = "flink_taskmanager_job_task_operator_"
+
 # Upper bounds (ms) of the latency histograms: around the freshness objective (1.5 s at
 # 5 updates/s) finely, then coarsely up to five minutes.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -63,7 +68,7 @@ class RecentValues:
 
     def __init__(
         self,
-        window_s: float = 300,
+        window_s: float = RECENT_WINDOW_S,
         limit: int = 4096,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -93,7 +98,7 @@ class LatencyHistogram:
         group: Any,
         name: str,
         bounds: Sequence[float] = LATENCY_BUCKETS_MS,
-        window_s: float = 300,
+        window_s: float = RECENT_WINDOW_S,
     ) -> None:
         self._bounds = [*bounds, math.inf]
         self._buckets = [
@@ -133,4 +138,4 @@ def scrape(url: str, timeout_s: float = 10) -> Samples:
 def operator_total(samples: Samples, name: str) -> float:
     """The sum over every operator instance of one of the jobs' metrics, as Flink's
     Prometheus reporter names it (``flink_taskmanager_job_task_operator_<name>``)."""
-    return sum(v for _, v in samples.get(f"flink_taskmanager_job_task_operator_{name}", []))
+    return sum(v for _, v in samples.get(OPERATOR_PREFIX + name, []))

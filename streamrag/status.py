@@ -4,7 +4,7 @@ Each :class:`Check` is one line: what it looked at, whether it is fine and, when
 not, what is wrong. Where it looks:
 
 - services: the local stack's processes, as the command found them (when it is used);
-- the ingest job: Flink's REST API on the local cluster (cluster.REST_PORT), the ports of
+- the ingest job: Flink's REST API on the local cluster (CLUSTER_REST_PORT), the ports of
   local runs (streamrag.flink.LOCAL_REST_PORTS) and any ``--flink-url``; the job is the
   ``streamrag-ingest`` job whose parameters carry this pipeline's consumer group. Uptime,
   restarts and the last completed checkpoint come from there, and so does the freshness:
@@ -30,11 +30,18 @@ import requests
 
 from streamrag.config import Settings
 from streamrag.errors import UserError
-from streamrag.flink import GROUP_PARAMETER, LOCAL_REST_PORTS, job_group
+from streamrag.flink import (
+    CLUSTER_REST_PORT,
+    GROUP_PARAMETER,
+    INGEST_JOB,
+    LOCAL_REST_PORTS,
+    job_group,
+)
 from streamrag.kafka import TopicMissing, partition_lag
+from streamrag.metrics import RECENT_WINDOW_S
 
-JOB_NAME = "streamrag-ingest"
-CLUSTER_URL = "http://127.0.0.1:18081"
+# The window of the index stage's quantile gauges, as the lines say it.
+WINDOW = f"{RECENT_WINDOW_S // 60} minutes"
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ def service_checks(services: list[Service]) -> list[Check]:
 def rest_urls(extra: list[str]) -> list[str]:
     first, _, last = LOCAL_REST_PORTS.partition("-")
     local = [f"http://127.0.0.1:{p}" for p in range(int(first), int(last or first) + 1)]
-    return [*extra, CLUSTER_URL, *local]
+    return [*extra, f"http://127.0.0.1:{CLUSTER_REST_PORT}", *local]
 
 
 def find_job(settings: Settings, flink_urls: list[str]) -> FlinkJob | None:
@@ -140,7 +147,7 @@ def find_job(settings: Settings, flink_urls: list[str]) -> FlinkJob | None:
 def _jobs(url: str) -> Iterator[dict[str, Any]]:
     overview = _get(url, "/jobs/overview") or {}
     for job in overview.get("jobs", []):
-        if job.get("name") == JOB_NAME and job.get("state") not in ("FINISHED", "CANCELED"):
+        if job.get("name") == INGEST_JOB and job.get("state") not in ("FINISHED", "CANCELED"):
             yield job
 
 
@@ -150,7 +157,7 @@ def job_checks(settings: Settings, job: FlinkJob | None, thresholds: Thresholds)
             Check(
                 "ingest job",
                 False,
-                f"no {JOB_NAME} job for consumer group {settings.kafka.group_id} "
+                f"no {INGEST_JOB} job for consumer group {settings.kafka.group_id} "
                 "(start it: `streamrag run`, or `streamrag cluster submit`)",
             )
         ]
@@ -211,9 +218,9 @@ def _freshness_check(job: FlinkJob, thresholds: Thresholds) -> Check:
     p50 = max(values.get("index.freshness_ms_p50", [0.0]))
     p99 = max(values.get("index.freshness_ms_p99", [0.0]))
     if p99 == 0:
-        return Check("freshness", True, "no document indexed in the last 5 minutes", {})
+        return Check("freshness", True, f"no document indexed in the last {WINDOW}", {})
     data = {"p50_ms": p50, "p99_ms": p99, "objective_p99_ms": thresholds.freshness_p99_ms}
-    summary = f"p50 {p50:.0f} ms, p99 {p99:.0f} ms over the last 5 minutes"
+    summary = f"p50 {p50:.0f} ms, p99 {p99:.0f} ms over the last {WINDOW}"
     ok = p99 <= thresholds.freshness_p99_ms
     return Check(
         "freshness",

@@ -100,6 +100,7 @@ def run(
     Checkpoints stay in the work directory: started again after a crash, the job resumes
     from the latest completed one, with its state."""
     from jobs.pipeline import build
+    from streamrag.flink import INGEST_JOB
     from streamrag.local.checkpoints import prepare
     from streamrag.models import model_dimension, resolve_model
     from streamrag.runstats import mark, summarize
@@ -110,7 +111,7 @@ def run(
     recovery = prepare(settings, bounded, from_scratch)
     if recovery.restore is not None:
         typer.echo(f"resuming from checkpoint {recovery.restore}", err=True)
-    build(settings, bounded, recovery.options()).execute("streamrag-ingest")
+    build(settings, bounded, recovery.options()).execute(INGEST_JOB)
     if marks is not None:
         for line in summarize(settings, marks).lines():
             typer.echo(line)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamrag.config import Settings
+from streamrag.flink import job_group
 
 _CHECKPOINT = re.compile(r"chk-(\d+)")
 
@@ -51,7 +52,7 @@ class Recovery:
 def checkpoints_dir(settings: Settings, bounded: bool) -> Path:
     """The folder of one pipeline's (consumer group's) local checkpoints of one mode."""
     mode = "bounded" if bounded else "streaming"
-    return settings.flink.checkpoints_dir / _safe(settings.kafka.group_id) / mode
+    return settings.flink.checkpoints_dir / job_group(settings) / mode
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -79,7 +80,3 @@ def prepare(settings: Settings, bounded: bool, from_scratch: bool) -> Recovery:
                 shutil.rmtree(job, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     return Recovery(directory, restore)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"

@@ -27,11 +27,16 @@ import yaml
 
 from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.errors import UserError
-from streamrag.flink import PLUGINS_DIR, PYFLINK_HOME, reporter_options
+from streamrag.flink import (
+    CLUSTER_REST_PORT,
+    INGEST_JOB,
+    PLUGINS_DIR,
+    PYFLINK_HOME,
+    reporter_options,
+)
 
-REST_PORT = 18081
+REST_PORT = CLUSTER_REST_PORT
 REST_URL = f"http://127.0.0.1:{REST_PORT}"
-JOB_NAME = "streamrag-ingest"
 
 
 class ClusterError(UserError):
@@ -146,7 +151,7 @@ def submit(
         raise ClusterError(f"flink run failed: {(causes or ['no output'])[-1][:300]}")
 
 
-def running_job(name: str = JOB_NAME) -> str:
+def running_job(name: str = INGEST_JOB) -> str:
     """The id of the one RUNNING job called ``name`` on the local cluster."""
     jobs = _rest("GET", "/jobs/overview")["jobs"]
     running = [j["jid"] for j in jobs if j["name"] == name and j["state"] == "RUNNING"]

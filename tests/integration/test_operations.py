@@ -32,6 +32,7 @@ from streamrag.config import PROJECT_ROOT, Settings, load_settings
 from streamrag.kafka import read_log
 from streamrag.local import cluster
 from streamrag.local.checkpoints import checkpoints_dir
+from streamrag.metrics import OPERATOR_PREFIX as OPERATOR
 from streamrag.metrics import Samples, operator_total
 from streamrag.metrics import scrape as read_metrics
 from streamrag.status import find_job
@@ -48,8 +49,6 @@ from tests.integration.test_crash import (
 )
 
 pytestmark = pytest.mark.integration
-
-OPERATOR = "flink_taskmanager_job_task_operator_"
 
 
 def free_port() -> int:
