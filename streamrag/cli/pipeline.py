@@ -112,6 +112,7 @@ def run(
     if recovery.restore is not None:
         typer.echo(f"resuming from checkpoint {recovery.restore}", err=True)
     build(settings, bounded, recovery.options()).execute(INGEST_JOB)
+    recovery.finished()  # returns only when a bounded run reached its end
     if marks is not None:
         for line in summarize(settings, marks).lines():
             typer.echo(line)

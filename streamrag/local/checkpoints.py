@@ -11,8 +11,10 @@ Why per mode: a bounded run's Kafka splits carry the end offsets it was started 
 and a streaming run's splits have none. Restoring one into the other would make a
 bounded run never end (or a streaming one stop), so each resumes only its own kind.
 
-A bounded run that finishes cleanly leaves no checkpoint (Flink discards a finished
-job's checkpoints), so the next run starts from the committed offsets, as it should.
+A bounded run that finishes cleanly leaves no checkpoint: Flink discards a finished
+job's checkpoints, but in the background, and the process may exit first, so
+:meth:`Recovery.finished` removes them. The next run starts from the committed offsets,
+as it should, instead of going over what the finished run did once more.
 ``--from-scratch`` deletes the folder first: the job starts from the committed offsets
 with empty state (correct thanks to the version guard; only slower).
 """
@@ -36,6 +38,10 @@ class Recovery:
 
     directory: Path
     restore: Path | None
+
+    def finished(self) -> None:
+        """The run ended by itself (a bounded run): its checkpoints are spent."""
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def options(self) -> dict[str, str]:
         """Flink configuration for it."""

@@ -47,3 +47,13 @@ def test_prepare_keeps_only_the_job_to_restore_and_from_scratch_forgets_all(tmp_
     fresh = prepare(settings, bounded=False, from_scratch=True)
     assert fresh.restore is None and list(directory.iterdir()) == []
     assert "execution.state-recovery.path" not in fresh.options()
+
+
+def test_a_finished_run_leaves_no_checkpoint_to_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMRAG_FLINK__CHECKPOINTS_DIR", str(tmp_path))
+    settings = load_settings()
+    recovery = prepare(settings, bounded=True, from_scratch=False)
+    completed(recovery.directory / "job", 3, mtime=1000)  # not yet discarded by Flink
+
+    recovery.finished()
+    assert prepare(settings, bounded=True, from_scratch=False).restore is None
