@@ -26,9 +26,9 @@ jars: $(JARS)/.resolved
 
 $(JARS)/.resolved: pom.xml pyproject.toml
 	@$(PYTHON) -m streamrag.local.versions tools
-	rm -rf $(JARS)/kafka $(JARS)/debezium $(JARS)/flink $(JARS)/plugins
+	rm -rf $(JARS)/kafka $(JARS)/debezium $(JARS)/flink $(JARS)/plugins $(JARS)/k8s-schemas
 	versions="$$($(PYTHON) -m streamrag.local.versions maven)" || exit 1; \
-	for profile in kafka debezium flink metrics; do \
+	for profile in kafka debezium flink metrics k8s-schemas; do \
 	  mvn -q -B -P $$profile $$versions dependency:copy-dependencies || exit 1; \
 	done
 	touch $@

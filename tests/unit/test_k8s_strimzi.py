@@ -3,9 +3,10 @@ the topics with `streamrag topics create`, the KafkaConnector with
 connect/postgres-source.json, the versions with pyproject.toml, and the names and ports
 with each other and with k8s/configmap.yaml.
 
-No Kubernetes cluster runs here. Strimzi's API jar on Maven Central (io.strimzi:api)
-builds its CRDs in Java code and ships no schema files, so this checks structure and
-cross-references, not the CRD schemas."""
+No Kubernetes cluster runs here. This checks structure and cross-references; the CRD
+schemas themselves are checked in tests/unit/test_k8s_schemas.py (Strimzi's API jar on
+Maven Central, io.strimzi:api, builds its CRDs in Java code and ships no schema files: the
+schemas come from an npm package generated from Strimzi's released CRDs)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from streamrag.limits import DOCUMENT_RECORD_BYTES
 from streamrag.local.versions import jvm_pins
 
 STRIMZI = PROJECT_ROOT / "k8s" / "strimzi"
-API = "kafka.strimzi.io/v1beta2"
+# Kafka 4.3 needs Strimzi 1.1 or newer, which serves only v1 (1.0 removed v1beta2).
+API = "kafka.strimzi.io/v1"
 # Connector keys whose value belongs to a deployment (the local file has placeholders or
 # loopback values there); every other key must be the file's own.
 DEPLOYMENT_KEYS = {
@@ -56,7 +58,7 @@ def k8s_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 def test_every_resource_is_a_strimzi_resource_of_one_cluster():
     kafka = one("kafka.yaml", "Kafka")
-    for name in ("kafka.yaml", "topics.yaml", "connect.yaml"):
+    for name in ("kafka.yaml", "topics.yaml", "connect.yaml"):  # connect-rbac.yaml: RBAC
         for doc in resources(name):
             assert doc["apiVersion"] == API
             assert doc["metadata"]["namespace"] == kafka["metadata"]["namespace"]
@@ -66,8 +68,8 @@ def test_every_resource_is_a_strimzi_resource_of_one_cluster():
 
 def test_the_cluster_is_kraft_with_node_pools_and_three_replicas():
     kafka, pool = one("kafka.yaml", "Kafka"), one("kafka.yaml", "KafkaNodePool")
-    annotations = kafka["metadata"]["annotations"]
-    assert annotations["strimzi.io/kraft"] == annotations["strimzi.io/node-pools"] == "enabled"
+    # v1: KRaft and node pools always; the v1beta2 annotations that enabled them are gone.
+    assert not kafka["metadata"].get("annotations")
     assert "zookeeper" not in kafka["spec"]
     assert set(pool["spec"]["roles"]) == {"controller", "broker"}
     assert (
@@ -115,6 +117,34 @@ def test_connect_builds_the_pinned_debezium_and_reaches_the_tls_listener():
         f"{meta['name']}-kafka-bootstrap.{meta['namespace']}:{tls[0]['port']}"
     )
     assert connect["metadata"]["annotations"]["strimzi.io/use-connector-resources"] == "true"
+    # v1 names Connect's group and internal topics in the spec, not in its config.
+    spec = connect["spec"]
+    internal = [spec[k] for k in ("offsetStorageTopic", "configStorageTopic", "statusStorageTopic")]
+    assert len(set(internal)) == 3 and all(t.startswith(spec["groupId"]) for t in internal)
+    assert not {"group.id", "offset.storage.topic"} & set(spec["config"])
+
+
+def test_connect_may_read_the_one_secret_its_connector_names():
+    connect = one("connect.yaml", "KafkaConnect")
+    connector = one("connect.yaml", "KafkaConnector")
+    rbac = {d["kind"]: d for d in resources("connect-rbac.yaml")}
+    # ${secrets:<namespace>/<secret>:<key>}
+    ref = connector["spec"]["config"]["database.password"].removeprefix("${secrets:")
+    namespace, _, rest = ref.partition("/")
+    secret = rest.split(":")[0]
+    (rule,) = rbac["Role"]["rules"]
+    (subject,) = rbac["RoleBinding"]["subjects"]
+
+    assert rbac["Role"]["metadata"]["namespace"] == namespace
+    assert rbac["RoleBinding"]["metadata"]["namespace"] == namespace
+    assert rule["resources"] == ["secrets"] and rule["resourceNames"] == [secret]
+    assert rule["verbs"] == ["get"]
+    assert rbac["RoleBinding"]["roleRef"]["name"] == rbac["Role"]["metadata"]["name"]
+    assert subject == {
+        "kind": "ServiceAccount",
+        "name": f"{connect['metadata']['name']}-connect",
+        "namespace": connect["metadata"]["namespace"],
+    }
 
 
 def test_the_connector_is_the_connector_file_with_this_deployments_values(
