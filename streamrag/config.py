@@ -169,6 +169,10 @@ class StackConfig(_Section):
     work_dir: Path = PROJECT_ROOT / ".work"
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
+    # KRaft nodes (each broker and controller): node n listens on kafka_port + 2(n-1) and
+    # kafka_controller_port + 2(n-1). From 3 on, topics are replicated 3 times with
+    # min.insync.replicas 2 (`streamrag stack up --brokers 3`).
+    brokers: Annotated[int, Field(ge=1, le=5)] = 1
     connect_port: int = 18083
     postgres_port: int = 15432
     milvus_port: int = 19530

@@ -234,6 +234,7 @@ def add_kafka_sink(
           'topic' = '{topic}',
           'properties.bootstrap.servers' = '{settings.kafka.bootstrap}',
           'properties.linger.ms' = '5',
+          'properties.acks' = 'all',
           'sink.delivery-guarantee' = 'at-least-once',
           'key.format' = 'raw', 'key.fields' = 'k',
           'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY'

@@ -68,8 +68,10 @@ def ensure_topics(settings: Settings) -> list[str]:
         existing = set(admin.list_topics(timeout=5).topics)
     except KafkaException as e:
         raise KafkaUnavailable(f"Kafka at {settings.kafka.bootstrap} is not reachable: {e}") from e
+    # Replication factor -1: the cluster's default.replication.factor (3 with
+    # min.insync.replicas 2 on a 3-broker stack; producers write with acks=all).
     new = [
-        NewTopic(name, settings.kafka.partitions, 1, config=config)
+        NewTopic(name, settings.kafka.partitions, -1, config=config)
         for name, config in topic_configs(settings).items()
         if name not in existing
     ]

@@ -9,6 +9,7 @@ import typer
 
 from streamrag.cli.context import settings_of
 from streamrag.local import cluster, stack
+from streamrag.local.kafka import MAX_BROKERS, bootstrap_servers
 
 stack_app = typer.Typer(
     no_args_is_help=True, help="Local services: Kafka, Connect, PostgreSQL, Milvus Lite."
@@ -23,9 +24,23 @@ def stack_up(
         list[str] | None,
         typer.Argument(help=f"services to start (default all): {', '.join(stack.SERVICE_NAMES)}"),
     ] = None,
+    brokers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_BROKERS,
+            help="Kafka brokers (KRaft nodes); from 3 on topics are replicated 3 times with"
+            " min.insync.replicas 2 [default: stack.brokers]",
+        ),
+    ] = None,
 ) -> None:
     """Start services (idempotent) and wait until they are ready."""
-    stack.up(settings_of(ctx), services or None, echo=typer.echo)
+    settings = settings_of(ctx)
+    if brokers is not None:
+        settings.stack.brokers = brokers
+    stack.up(settings, services or None, echo=typer.echo)
+    if settings.stack.brokers > 1:
+        typer.echo(f"Kafka clients: STREAMRAG_KAFKA__BOOTSTRAP={bootstrap_servers(settings)}")
 
 
 @stack_app.command("down")
@@ -42,9 +57,15 @@ def stack_status(ctx: typer.Context) -> None:
 
 
 @cluster_app.command("up")
-def cluster_up(ctx: typer.Context) -> None:
-    """Start the local JobManager and TaskManager (REST on 127.0.0.1:18081)."""
-    cluster.up(settings_of(ctx))
+def cluster_up(
+    ctx: typer.Context,
+    taskmanagers: Annotated[
+        int,
+        typer.Option(min=1, max=cluster.MAX_TASKMANAGERS, help="TaskManagers, 2 slots each."),
+    ] = 1,
+) -> None:
+    """Start the local JobManager and TaskManagers (REST on 127.0.0.1:18081)."""
+    cluster.up(settings_of(ctx), taskmanagers)
     typer.echo(f"Flink cluster up: http://127.0.0.1:{cluster.REST_PORT}")
 
 
@@ -71,9 +92,17 @@ def cluster_savepoint(ctx: typer.Context) -> None:
 
 
 @cluster_app.command("upgrade")
-def cluster_upgrade(ctx: typer.Context) -> None:
+def cluster_upgrade(
+    ctx: typer.Context,
+    parallelism: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=128, help="Rescale to this parallelism [default: flink.parallelism]"
+        ),
+    ] = None,
+) -> None:
     """Stop the running ingest job with a savepoint and submit the current code from it,
-    with its state (detached)."""
-    location, job_id = cluster.upgrade(settings_of(ctx), [])
+    with its state (detached); `--parallelism` rescales it."""
+    location, job_id = cluster.upgrade(settings_of(ctx), [], parallelism=parallelism)
     typer.echo(f"stopped with savepoint {location}")
     typer.echo(f"running job {job_id}, restored from it")

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 import yaml
 
@@ -36,6 +37,7 @@ from streamrag.flink import (
 )
 
 REST_PORT = CLUSTER_REST_PORT
+MAX_TASKMANAGERS = 4
 REST_URL = f"http://127.0.0.1:{REST_PORT}"
 
 
@@ -60,7 +62,7 @@ def _env(settings: Settings) -> dict[str, str]:
     }
 
 
-def write_conf(settings: Settings) -> Path:
+def write_conf(settings: Settings, taskmanagers: int = 1) -> Path:
     target = conf_dir(settings)
     shutil.copytree(PYFLINK_HOME / "conf", target, dirs_exist_ok=True)
     config = yaml.safe_load((PYFLINK_HOME / "conf" / "config.yaml").read_text())
@@ -75,7 +77,12 @@ def write_conf(settings: Settings) -> Path:
         }
     )
     config["python"] = {"executable": sys.executable, "client": {"executable": sys.executable}}
-    for key, value in reporter_options(settings, processes=2).items():
+    # A lost TaskManager is noticed within seconds (the default waits 50 s), and a job
+    # of parallelism 2 gets a slot on each TaskManager, not both on the first.
+    config["heartbeat"] = {"interval": 2000, "timeout": 15000}
+    if taskmanagers > 1:
+        config["taskmanager"]["load-balance"] = {"mode": "SLOTS"}
+    for key, value in reporter_options(settings, processes=1 + taskmanagers).items():
         config[key] = value
     config.update(durable_state_options(settings))
     (target / "config.yaml").write_text(yaml.safe_dump(config))
@@ -108,10 +115,60 @@ def _script(settings: Settings, name: str, *args: str) -> None:
         raise ClusterError(f"{name} failed: {(done.stderr or done.stdout).strip()[:300]}")
 
 
-def up(settings: Settings) -> None:
-    write_conf(settings)
+def up(settings: Settings, taskmanagers: int = 1) -> None:
+    """A JobManager and ``taskmanagers`` TaskManagers (2 slots each)."""
+    if not 1 <= taskmanagers <= MAX_TASKMANAGERS:
+        raise ClusterError(f"--taskmanagers must be 1 to {MAX_TASKMANAGERS}, not {taskmanagers}")
+    write_conf(settings, taskmanagers)
     Path(_env(settings)["FLINK_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
     _script(settings, "start-cluster.sh")
+    for _ in range(taskmanagers - 1):
+        start_taskmanager(settings)
+    wait_for_taskmanagers(taskmanagers)
+
+
+def start_taskmanager(settings: Settings) -> None:
+    """One more TaskManager for the running cluster (or one that replaces a lost one)."""
+    _script(settings, "taskmanager.sh", "start")
+
+
+def ensure_taskmanagers(settings: Settings, count: int) -> int:
+    """Start TaskManagers until ``count`` run, as Kubernetes replaces a lost pod; returns
+    how many were started. (When one TaskManager is lost, PyFlink 2.2's Python runner can
+    take a second one down with it: "Reference count must not be negative" while its tasks
+    are cancelled.)"""
+    missing = max(count - len(taskmanager_pids(settings)), 0)
+    for _ in range(missing):
+        start_taskmanager(settings)
+    return missing
+
+
+def taskmanager_pids(settings: Settings) -> list[int]:
+    """The TaskManager JVMs of this cluster (by its config directory)."""
+    marker = f"--configDir {conf_dir(settings)}"
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "TaskManagerRunner" in cmdline and marker in cmdline:
+            found.append(proc.pid)
+    return found
+
+
+def wait_for_taskmanagers(count: int, timeout_s: float = 120) -> None:
+    """Until ``count`` TaskManagers are registered with the JobManager."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if len(_rest("GET", "/taskmanagers")["taskmanagers"]) >= count:
+                return
+        except ClusterError:  # the JobManager's REST API is not up yet
+            pass
+        if time.monotonic() > deadline:
+            raise ClusterError(f"fewer than {count} TaskManagers after {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 def down(settings: Settings) -> None:
@@ -123,9 +180,10 @@ def submit(
     job_args: list[str],
     detached: bool = False,
     savepoint: str | None = None,
+    parallelism: int | None = None,
 ) -> None:
     """`flink run [-s SAVEPOINT] -py jobs/pipeline.py [job args]` against the local
-    cluster."""
+    cluster; ``parallelism`` overrides ``flink.parallelism`` (the job sets its own)."""
     # The wheel keeps flink-python in opt/, off the session cluster's classpath: ship it.
     (python_jar,) = (PYFLINK_HOME / "opt").glob("flink-python-*.jar")
     cmd = [
@@ -142,8 +200,11 @@ def submit(
         str(PROJECT_ROOT / "jobs" / "pipeline.py"),
         *job_args,
     ]
+    env = _env(settings)
+    if parallelism is not None:
+        env["STREAMRAG_FLINK__PARALLELISM"] = str(parallelism)
     done = subprocess.run(
-        cmd, env=_env(settings), cwd=PROJECT_ROOT, text=True, capture_output=True, timeout=3600
+        cmd, env=env, cwd=PROJECT_ROOT, text=True, capture_output=True, timeout=3600
     )
     if done.returncode != 0:
         lines = (done.stderr + done.stdout).splitlines()
@@ -183,11 +244,17 @@ def stop_with_savepoint(
     return location
 
 
-def upgrade(settings: Settings, job_args: list[str], timeout_s: float = 300) -> tuple[str, str]:
+def upgrade(
+    settings: Settings,
+    job_args: list[str],
+    timeout_s: float = 300,
+    parallelism: int | None = None,
+) -> tuple[str, str]:
     """Stop the ingest job with a savepoint and submit the current code from it
-    (detached); returns (savepoint path, new job id)."""
+    (detached), at another ``parallelism`` if given (keyed state is redistributed by key
+    group); returns (savepoint path, new job id)."""
     location = stop_with_savepoint(settings, timeout_s=timeout_s)
-    submit(settings, job_args, detached=True, savepoint=location)
+    submit(settings, job_args, detached=True, savepoint=location, parallelism=parallelism)
     return location, running_job()
 
 

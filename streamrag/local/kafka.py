@@ -6,16 +6,53 @@ from __future__ import annotations
 import base64
 import subprocess
 import uuid
+from pathlib import Path
 
 import requests
 
+from streamrag.config import Settings
 from streamrag.local.service import HOST, JavaService, StackError, jars_dir, port_open, show
 
 POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
 
 
+MAX_BROKERS = 5
+
+
+def broker_ports(settings: Settings, node: int) -> tuple[int, int]:
+    """(client, controller) ports of broker ``node`` (1-based): node 1 has the configured
+    ports, each further node the next two."""
+    step = 2 * (node - 1)
+    return settings.stack.kafka_port + step, settings.stack.kafka_controller_port + step
+
+
+def bootstrap_servers(settings: Settings) -> str:
+    """Every broker of the local stack, for clients that must survive losing one."""
+    ports = [broker_ports(settings, n)[0] for n in range(1, settings.stack.brokers + 1)]
+    return ",".join(f"{HOST}:{port}" for port in ports)
+
+
+def formatted_brokers(settings: Settings) -> int | None:
+    """How many brokers the stack's Kafka data was formatted for; None before the first
+    start."""
+    path = Path(settings.stack.work_dir).resolve() / "kafka" / "brokers"
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) on a stack of ``brokers``: 3 and 2 from
+    three brokers on, so that one broker may die without a write being lost or refused."""
+    factor = min(brokers, 3)
+    return factor, max(factor - 1, 1)
+
+
 class Kafka(JavaService):
-    """Single-node KRaft broker+controller (dynamic quorum, formatted with --standalone)."""
+    """One KRaft node (broker and controller). One node: a dynamic quorum formatted with
+    --standalone; several (``stack.brokers``): a static quorum of all of them, formatted
+    with one cluster id, and replicated internal and pipeline topics."""
 
     name = "kafka"
     port_keys = ("kafka_port", "kafka_controller_port")
@@ -27,14 +64,41 @@ class Kafka(JavaService):
         "org.apache.kafka.common.utils.AppInfoParser": "WARN",
     }
 
+    def __init__(self, settings: Settings, node: int = 1) -> None:
+        self.node = node
+        if node > 1:
+            self.name = f"kafka-{node}"
+        super().__init__(settings)
+
+    @property
+    def ports(self) -> list[int]:
+        return list(broker_ports(self.settings, self.node))
+
+    def _cluster_id(self) -> str:
+        """One id for every node of the cluster, kept next to node 1's data."""
+        path = self.work / "kafka" / "cluster-id"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        return path.read_text().strip()
+
     def prepare(self) -> None:
         broker, controller = self.ports
+        brokers = self.settings.stack.brokers
+        factor, min_isr = replication(brokers)
+        if brokers == 1:
+            quorum = {"controller.quorum.bootstrap.servers": f"{HOST}:{controller}"}
+        else:
+            voters = ",".join(
+                f"{n}@{HOST}:{broker_ports(self.settings, n)[1]}" for n in range(1, brokers + 1)
+            )
+            quorum = {"controller.quorum.voters": voters}
         data = self.home / "data"
         self.write_config(
             {
                 "process.roles": "broker,controller",
-                "node.id": 1,
-                "controller.quorum.bootstrap.servers": f"{HOST}:{controller}",
+                "node.id": self.node,
+                **quorum,
                 "listeners": f"PLAINTEXT://{HOST}:{broker},CONTROLLER://{HOST}:{controller}",
                 "advertised.listeners": f"PLAINTEXT://{HOST}:{broker},CONTROLLER://{HOST}:{controller}",
                 "controller.listener.names": "CONTROLLER",
@@ -43,29 +107,41 @@ class Kafka(JavaService):
                 "log.dirs": data,
                 "num.partitions": self.settings.kafka.partitions,
                 "auto.create.topics.enable": "true",
-                "offsets.topic.replication.factor": 1,
+                # Topics created without a factor (the pipeline's, Connect's) get these.
+                "default.replication.factor": factor,
+                "min.insync.replicas": min_isr,
+                "offsets.topic.replication.factor": factor,
                 "offsets.topic.num.partitions": 10,
-                "transaction.state.log.replication.factor": 1,
-                "transaction.state.log.min.isr": 1,
-                "share.coordinator.state.topic.replication.factor": 1,
-                "share.coordinator.state.topic.min.isr": 1,
+                "transaction.state.log.replication.factor": factor,
+                "transaction.state.log.min.isr": min_isr,
+                "share.coordinator.state.topic.replication.factor": factor,
+                "share.coordinator.state.topic.min.isr": min_isr,
                 "log.cleaner.enable": "true",
                 "group.initial.rebalance.delay.ms": 0,
             }
-        )
+        )  # fmt: skip
         if (data / "meta.properties").exists():
+            formatted = formatted_brokers(self.settings) or 1
+            if formatted != brokers:
+                raise StackError(
+                    f"the Kafka data in {show(self.work / 'kafka')} is of a {formatted}-broker"
+                    f" stack: start it with --brokers {formatted}, or stop the stack and"
+                    " remove the kafka* folders of the work directory to start over"
+                )
             return
         data.mkdir(parents=True, exist_ok=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        standalone = ["--standalone"] if brokers == 1 else []
         cmd = self.java_command(
-            "kafka.tools.StorageTool", "format", "--standalone",
-            "-t", cluster_id, "-c", str(self.properties),
+            "kafka.tools.StorageTool", "format", *standalone,
+            "-t", self._cluster_id(), "-c", str(self.properties),
         )  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         with self.log.open("a", encoding="utf-8") as f:
             f.write(f"--- kafka storage format\n{result.stdout}{result.stderr}")
         if result.returncode != 0:
             raise StackError(f"formatting kafka storage failed; see {show(self.log)}")
+        if self.node == 1:
+            (self.work / "kafka" / "brokers").write_text(f"{brokers}\n")
 
     def ready(self) -> bool:
         if not port_open(self.ports[0]):
@@ -103,7 +179,7 @@ class Connect(JavaService):
         port = self.ports[0]
         self.write_config(
             {
-                "bootstrap.servers": f"{HOST}:{self.settings.stack.kafka_port}",
+                "bootstrap.servers": bootstrap_servers(self.settings),
                 "group.id": "streamrag-connect",
                 "listeners": f"http://{HOST}:{port}",
                 "rest.advertised.host.name": HOST,
@@ -116,9 +192,10 @@ class Connect(JavaService):
                 "config.storage.topic": "_connect-configs",
                 "offset.storage.topic": "_connect-offsets",
                 "status.storage.topic": "_connect-status",
-                "config.storage.replication.factor": 1,
-                "offset.storage.replication.factor": 1,
-                "status.storage.replication.factor": 1,
+                # -1: the brokers' default.replication.factor (3 on a 3-broker stack).
+                "config.storage.replication.factor": -1,
+                "offset.storage.replication.factor": -1,
+                "status.storage.replication.factor": -1,
                 "offset.flush.interval.ms": 1000,
                 # One worker: when it dies there is no other to wait for before its
                 # connectors are assigned again (the default waits up to 5 minutes).

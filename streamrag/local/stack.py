@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from streamrag.config import Settings
-from streamrag.local.kafka import Connect, Kafka
+from streamrag.local.kafka import MAX_BROKERS, Connect, Kafka, formatted_brokers
 from streamrag.local.milvus import Milvus
 from streamrag.local.postgres import Postgres
 from streamrag.local.service import (
@@ -53,6 +53,27 @@ __all__ = [
 # In start order: a service's needs come before it.
 SERVICES: dict[str, type[Service]] = {cls.name: cls for cls in (Postgres, Kafka, Connect, Milvus)}
 SERVICE_NAMES: tuple[str, ...] = tuple(SERVICES)
+
+
+def _instances(settings: Settings, brokers: int | None = None) -> dict[str, Service]:
+    """Every process of the stack by name, in start order: ``kafka`` is one process per
+    broker (kafka, kafka-2, ...)."""
+    out: dict[str, Service] = {}
+    for name, cls in SERVICES.items():
+        if cls is Kafka:
+            for node in range(1, (brokers or settings.stack.brokers) + 1):
+                broker = Kafka(settings, node)
+                out[broker.name] = broker
+        else:
+            out[name] = cls(settings)
+    return out
+
+
+def _known_brokers(settings: Settings) -> int:
+    """Brokers to look for: the configured ones, or as many as the data was formatted for."""
+    return max(settings.stack.brokers, formatted_brokers(settings) or 1)
+
+
 READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
@@ -145,6 +166,16 @@ def _spawn(svc: Service) -> int:
     return proc.pid
 
 
+def _start(svc: Service) -> int:
+    """Prepare and spawn a service; returns its pid (it may not be ready yet)."""
+    _new_log(svc)
+    try:
+        svc.prepare()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise StackError(f"cannot prepare {svc.name}: {e}; see {show(svc.log)}") from e
+    return _spawn(svc)
+
+
 def _wait_ready(svc: Service, pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -235,11 +266,11 @@ def up(
     """
     say = echo or (lambda _msg: None)
     names = _selected(services)
-    svcs = {name: SERVICES[name](settings) for name in names}
+    svcs = {n: svc for n, svc in _instances(settings).items() if type(svc).name in names}
     spent: dict[str, float] = {}
     with _lock(settings):
         running = {name: _find_pid(svc) for name, svc in svcs.items()}
-        to_start = [svcs[n] for n in names if running[n] is None]
+        to_start = [svc for name, svc in svcs.items() if running[name] is None]
         if any(isinstance(svc, JavaService) for svc in to_start):
             find_java()
         for svc in to_start:
@@ -250,29 +281,26 @@ def up(
                         f" stop that process, or give {svc.name} another port"
                         f" (stack.*_port, e.g. STREAMRAG_STACK__{port_setting(settings, port)}=...)"
                     )
-        for name, svc in svcs.items():
+        # The processes of one kind (the brokers of a quorum) start together, then each
+        # is waited for: a node of a 3-node quorum is not ready before another one is up.
+        for kind in names:
+            group = [svc for svc in svcs.values() if type(svc).name == kind]
             started = time.monotonic()
-            pid = running[name]
-            if pid is not None:
-                _wait_ready(svc, pid, timeout)
-                _after_ready(svc)
-                spent[name] = time.monotonic() - started
-                say(f"{name:<9} already running  {svc.address}  pid {pid}")
-                continue
-            _new_log(svc)
-            try:
-                svc.prepare()
-            except (OSError, subprocess.SubprocessError) as e:
-                raise StackError(f"cannot prepare {name}: {e}; see {show(svc.log)}") from e
-            pid = _spawn(svc)
-            try:
-                _wait_ready(svc, pid, timeout)
-                _after_ready(svc)
-            except BaseException:
-                _stop(svc, pid, timeout=10)
-                raise
-            spent[name] = time.monotonic() - started
-            say(f"{name:<9} started in {spent[name]:.1f} s  {svc.address}  pid {pid}")
+            fresh = {svc.name: _start(svc) for svc in group if running[svc.name] is None}
+            running.update(fresh)
+            for svc in group:
+                pid = running[svc.name]
+                assert pid is not None
+                try:
+                    _wait_ready(svc, pid, timeout)
+                    _after_ready(svc)
+                except BaseException:
+                    for name, fresh_pid in fresh.items():
+                        _stop(svcs[name], fresh_pid, timeout=10)
+                    raise
+                spent[svc.name] = time.monotonic() - started
+                how = "started in" if svc.name in fresh else "already running, ready in"
+                say(f"{svc.name:<9} {how} {spent[svc.name]:.1f} s  {svc.address}  pid {pid}")
     return spent
 
 
@@ -280,15 +308,15 @@ def down(settings: Settings, *, echo: Callable[[str], None] | None = None) -> No
     """Stop every service of the stack (reverse start order); no process of ours is left."""
     say = echo or (lambda _msg: None)
     with _lock(settings):
-        for name in reversed(SERVICE_NAMES):
-            svc = SERVICES[name](settings)
+        for name, svc in reversed(_instances(settings, MAX_BROKERS).items()):
             stopped = 0
             while (pid := _find_pid(svc)) is not None:
                 if stopped == 3:
                     raise StackError(f"cannot stop {name} (pid {pid}); see {show(svc.log)}")
                 _stop(svc, pid)
                 stopped += 1
-            say(f"{name:<9} {'stopped' if stopped else 'not running'}")
+            if stopped or type(svc).name == name:  # brokers 2.. only when there were some
+                say(f"{name:<9} {'stopped' if stopped else 'not running'}")
 
 
 def _probe(svc: Service) -> bool:
@@ -300,21 +328,20 @@ def _probe(svc: Service) -> bool:
 
 def pids(settings: Settings) -> dict[str, int | None]:
     """Pid of each service's main process, None when not running."""
-    return {name: _find_pid(SERVICES[name](settings)) for name in SERVICE_NAMES}
+    return {
+        name: _find_pid(svc) for name, svc in _instances(settings, _known_brokers(settings)).items()
+    }
 
 
 def describe(settings: Settings) -> list[tuple[str, bool, str, int | None]]:
     """(name, up, address, pid) of each service, in start order."""
     out = []
-    for name, pid in pids(settings).items():
-        svc = SERVICES[name](settings)
+    for name, svc in _instances(settings, _known_brokers(settings)).items():
+        pid = _find_pid(svc)
         out.append((name, pid is not None and _probe(svc), svc.address, pid))
     return out
 
 
 def status(settings: Settings) -> dict[str, bool]:
     """Whether each service is running and answering."""
-    return {
-        name: pid is not None and _probe(SERVICES[name](settings))
-        for name, pid in pids(settings).items()
-    }
+    return {name: up for name, up, _address, _pid in describe(settings)}
