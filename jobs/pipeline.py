@@ -164,8 +164,8 @@ class EmbedChunks(GuardedFunction, KeyedProcessFunction):
     """Event batches of many documents -> one model call -> one flush to the index stage.
 
     Keyed by batch key (jobs.embedding.batching): the waiting event batches are Flink
-    list state, so a checkpoint holds them and a restore brings them back with their
-    timer; nothing is lost or reordered. A flush happens when
+    list state, so a checkpoint holds them and a restore brings them back (and their timer:
+    see process_element); nothing is lost or reordered. A flush happens when
     ``embedding.max_batch_chunks`` upserts wait, ``embedding.max_wait_ms`` after the
     first of them arrived (a processing-time timer), or at the end of a bounded input
     (an event-time timer that only the final watermark reaches). One store read per
@@ -190,6 +190,7 @@ class EmbedChunks(GuardedFunction, KeyedProcessFunction):
             self._settings.chunking.embed_heading,
         )
         self._store = open_store(self._settings.store)
+        self._armed: set[Any] = set()  # batch keys this instance registered a timer for
         self._waiting = runtime_context.get_list_state(
             ListStateDescriptor("waiting", Types.STRING())
         )
@@ -205,12 +206,19 @@ class EmbedChunks(GuardedFunction, KeyedProcessFunction):
             yield from self._flush()
             return
         self._waiting_chunks.update(waiting)
-        if before == 0:
+        key = ctx.get_current_key()
+        if before == 0 or key not in self._armed:
+            # Also once per key in this instance's life: after a restore, the timer of a
+            # restored batch was seen missing in PyFlink's process mode (a TaskManager
+            # lost mid-stream; that batch then waited until max_batch_chunks came), so
+            # the first event after a restore arms it again. An earlier timer that does
+            # fire only flushes early.
             timers = ctx.timer_service()
             timers.register_processing_time_timer(
                 timers.current_processing_time() + self._settings.embedding.max_wait_ms
             )
             timers.register_event_time_timer(END_OF_INPUT)
+            self._armed.add(key)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         yield from self._flush()

@@ -89,6 +89,14 @@ def postgres_dsn(settings: Settings, dbname: str = "streamrag") -> str:
 # --- processes --------------------------------------------------------------------------
 
 
+def _reap() -> None:
+    """Collect the children of ours that died (killed from outside): a zombie still owns
+    its pid, and PostgreSQL refuses to start while the pid in its lock file exists."""
+    for pid, child in list(_children.items()):
+        if child.poll() is not None:
+            del _children[pid]
+
+
 def _pid_file(svc: Service) -> Path:
     return svc.work / "run" / f"{svc.name}.pid"
 
@@ -265,6 +273,7 @@ def up(
     Raises StackError with a one-line message.
     """
     say = echo or (lambda _msg: None)
+    _reap()
     names = _selected(services)
     svcs = {n: svc for n, svc in _instances(settings).items() if type(svc).name in names}
     spent: dict[str, float] = {}
