@@ -11,7 +11,7 @@ JARS   := .work/jars
 export HF_HUB_OFFLINE := 1
 export PGPASSFILE := $(CURDIR)/.work/secrets/pgpass
 
-.PHONY: install jars stack-up stack-down demo test test-unit bench bench-gpu eval lint clean
+.PHONY: install jars stack-up stack-down demo test test-unit bench bench-gpu bench-scale eval lint clean
 
 install: $(VENV)/.installed jars
 
@@ -56,6 +56,12 @@ bench: stack-up
 DEVICE ?= cuda
 bench-gpu: stack-up
 	$(PY) -m bench.run --device $(DEVICE)
+
+# The scale curve (about 30 minutes): the ingest job at 3 corpus sizes with the hashing
+# model (no model cost), ending with one JSON line. SCALE_DOCS=40,400 picks other sizes.
+SCALE_DOCS ?= 40,400,4000
+bench-scale: stack-up
+	$(PY) -m bench.scale --docs $(SCALE_DOCS)
 
 # Retrieval quality on the Python documentation (a Debian package, fetched by the eval);
 # no services needed. Ends with one JSON line.

@@ -1,0 +1,449 @@
+"""`make bench-scale`: how the ingest job's cost grows with the corpus (issue 14, item 3).
+
+The model is the hashing embedder (`hash:384`, no model cost): on this CPU the real model
+(~40 chunks/s) would take over 80 minutes for 200,000 chunks, and it costs the same per
+chunk at any size. What grows with the data is the rest, which this measures: the
+plumbing, the per-document state and the vector store.
+
+At each size (``--docs``, default 40, 400 and 4,000 documents of 50 one-section chunks,
+Markdown made from samples/corpus: 2,000, 20,000 and 200,000 chunks), on fresh topics and
+a fresh collection (Milvus Lite, parallelism 1):
+
+  -> produce the documents, run the ingest job (`streamrag run --bounded`), while it runs:
+     - peak RSS of the job's processes (client, JVM, Python workers: bench.run.RssSampler)
+       and their CPU time, and the Milvus Lite server's CPU time;
+     - the job's Prometheus endpoint (scraped every second; the last scrape before the end
+       counts): ``store_write_ms`` p50/p99 (one flush's upserts and trims, the job's
+       gauges over its last five minutes), and its sum and count;
+     - the local checkpoints (`.work/checkpoints/<group>/bounded`, watched every 0.2 s:
+       the bounded run removes them at its end): the last completed one holds the state of
+       every document (the embed stage's waiting batches are empty by then), so its state
+       files (all but ``_metadata``) / documents is the keyed state per document;
+  -> chunks/s: by the index's write stamps (the steady rate, without start-up; the ratio
+     compares these) and by wall time less the fixed cost (the same bounded job over one
+     one-chunk document, measured before and after the sizes: the lesser, since noise only
+     adds; none when the rest is under MIN_NET_S); the job's CPU per chunk likewise;
+  -> replay: the index re-materialized from the embeddings topic (bench/replay.py);
+  -> clean up: collection, topics, checkpoints.
+
+Ends with one JSON line: ``scale_<docs>_...`` per size, ``scale_throughput_ratio`` (steady
+chunks/s at the largest size / at the smallest), ``scale_rss_ratio`` (peak RSS, largest /
+smallest) and what was chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+from confluent_kafka.admin import AdminClient
+
+from bench.replay import replay_figures, steady_rate
+from bench.run import CLI, HASH_MODEL, RssSampler, bench_settings, paragraphs
+from jobs.chunking.stage import ChunkStage
+from streamrag.config import PROJECT_ROOT, Settings
+from streamrag.kafka import ensure_topics, send_all
+from streamrag.local.checkpoints import checkpoints_dir
+from streamrag.local.stack import pids
+from streamrag.metrics import Samples, operator_total, scrape
+from streamrag.models import resolve_model
+from streamrag.stores import open_store
+
+SIZES = (40, 400, 4000)  # documents; x CHUNKS_PER_DOC chunks
+CHUNKS_PER_DOC = 50
+# A paragraph of this many cl100k tokens under its own heading is exactly one chunk: above
+# chunking.min_section_tokens (40, no merge with a neighbour), below the 160-token budget
+# with room for the heading (no split).
+SECTION_TOKENS = (60, 140)
+# Wall time less the fixed cost shorter than this is not a rate (the fixed cost's own
+# noise here is +-10 s).
+MIN_NET_S = 10.0
+TARGET_THROUGHPUT = 0.85  # issue 14: within 15 % from the smallest to the largest size
+MIB = 2**20
+
+
+def section_pool(stage: ChunkStage) -> list[str]:
+    """The sample corpus's paragraphs that make one chunk each under a heading."""
+    low, high = SECTION_TOKENS
+    return [p for p in paragraphs() if low <= stage.chunker.count_tokens(p) <= high]
+
+
+def scale_document(d: int, pool: Sequence[str], chunks: int = CHUNKS_PER_DOC) -> dict[str, str]:
+    """Document ``d``: ``chunks`` sections, each a heading that makes its chunk unique
+    (no vector reuse between documents) over a paragraph of the pool, in turn."""
+    sections = [f"## Note {d}.{k}\n\n{pool[(d * chunks + k) % len(pool)]}" for k in range(chunks)]
+    return {
+        "id": f"scale/doc-{d:05}",
+        "title": f"Scale document {d}",
+        "content_type": "markdown",
+        "text": "\n\n".join(sections),
+    }
+
+
+def scale_corpus(
+    docs: int, pool: Sequence[str], chunks: int = CHUNKS_PER_DOC
+) -> list[dict[str, str]]:
+    return [scale_document(d, pool, chunks) for d in range(docs)]
+
+
+def ratio(largest: float, smallest: float) -> float:
+    """largest / smallest, 0 when the smallest is 0 (nothing measured)."""
+    return round(largest / smallest, 3) if smallest else 0.0
+
+
+@dataclass
+class SizeFigures:
+    docs: int
+    chunks: int
+    wall_s: float
+    cpu_s: float  # the job's processes
+    steady_chunks_per_s: float  # by the index's write stamps
+    peak_rss_mb: float
+    peak_jvm_rss_mb: float  # the peaks of the JVM's and the Python processes' RSS
+    peak_python_rss_mb: float
+    checkpoint_bytes: int  # the last completed checkpoint, _metadata included
+    state_bytes: int  # its state files
+    store_write_p50_ms: float
+    store_write_p99_ms: float
+    store_write_ms_per_chunk: float  # the histogram's sum / chunks written
+    milvus_cpu_ms_per_chunk: float
+    replay_chunks_per_s: float
+    replay_steady_chunks_per_s: float
+
+    @property
+    def state_bytes_per_doc(self) -> float:
+        return self.state_bytes / self.docs if self.docs else 0.0
+
+
+def net_rate(chunks: int, seconds: float, fixed_s: float) -> float | None:
+    """Chunks/s over ``seconds`` less the fixed cost; None when what is left is too short
+    to tell from the fixed cost's own noise (a small size on a busy machine)."""
+    net = seconds - fixed_s
+    return round(chunks / net, 1) if net >= MIN_NET_S else None
+
+
+def per_chunk_ms(seconds: float, fixed_s: float, chunks: int) -> float | None:
+    net = seconds - fixed_s
+    return round(net * 1000 / chunks, 3) if net > 0 and chunks else None
+
+
+def figures(
+    sizes: list[SizeFigures], fixed_s: list[float], fixed_cpu_s: list[float]
+) -> dict[str, object]:
+    """The JSON figures: per size, then the ratios of the largest size to the smallest.
+    The fixed cost is the least of its measurements (noise only adds to it)."""
+    fixed, fixed_cpu = min(fixed_s, default=0.0), min(fixed_cpu_s, default=0.0)
+    out: dict[str, object] = {
+        "scale_model": HASH_MODEL,
+        "scale_store": "milvus",
+        "scale_parallelism": 1,
+        "scale_docs": [s.docs for s in sizes],
+        "scale_chunks": [s.chunks for s in sizes],
+        "scale_chunks_per_doc": CHUNKS_PER_DOC,
+        "scale_fixed_cost_job_s": [round(f, 1) for f in fixed_s],
+        "scale_fixed_cost_cpu_s": [round(f, 1) for f in fixed_cpu_s],
+    }
+    wall_rates = [net_rate(s.chunks, s.wall_s, fixed) for s in sizes]
+    for s, wall_rate in zip(sizes, wall_rates, strict=True):
+        p = f"scale_{s.docs}_"
+        out |= {
+            p + "chunks": s.chunks,
+            p + "wall_s": round(s.wall_s, 1),
+            p + "chunks_per_s": wall_rate,
+            p + "steady_chunks_per_s": round(s.steady_chunks_per_s, 1),
+            p + "peak_rss_mb": round(s.peak_rss_mb),
+            p + "peak_jvm_rss_mb": round(s.peak_jvm_rss_mb),
+            p + "peak_python_rss_mb": round(s.peak_python_rss_mb),
+            p + "checkpoint_bytes": s.checkpoint_bytes,
+            p + "state_bytes_per_doc": round(s.state_bytes_per_doc),
+            p + "store_write_p50_ms": s.store_write_p50_ms,
+            p + "store_write_p99_ms": s.store_write_p99_ms,
+            p + "store_write_ms_per_chunk": round(s.store_write_ms_per_chunk, 3),
+            p + "job_cpu_ms_per_chunk": per_chunk_ms(s.cpu_s, fixed_cpu, s.chunks),
+            p + "milvus_cpu_ms_per_chunk": round(s.milvus_cpu_ms_per_chunk, 3),
+            p + "replay_chunks_per_s": s.replay_chunks_per_s,
+            p + "replay_steady_chunks_per_s": s.replay_steady_chunks_per_s,
+        }
+    if sizes:
+        small, large = sizes[0], sizes[-1]
+        growth_mb = large.peak_rss_mb - small.peak_rss_mb
+        state_mb = (large.state_bytes - small.state_bytes) / MIB
+        out |= {
+            "scale_throughput_ratio": ratio(large.steady_chunks_per_s, small.steady_chunks_per_s),
+            # by wall rates, from the smallest size that has one
+            "scale_wall_throughput_ratio": ratio(
+                wall_rates[-1] or 0.0, next((r for r in wall_rates if r), 0.0)
+            ),
+            "scale_rss_ratio": ratio(large.peak_rss_mb, small.peak_rss_mb),
+            "scale_rss_growth_mb": round(growth_mb),
+            "scale_state_growth_mb": round(state_mb, 1),
+            "scale_rss_growth_beyond_state_mb": round(growth_mb - state_mb),
+            "scale_state_per_doc_ratio": ratio(
+                large.state_bytes_per_doc, small.state_bytes_per_doc
+            ),
+            "scale_replay_ratio": ratio(
+                large.replay_steady_chunks_per_s, small.replay_steady_chunks_per_s
+            ),
+        }
+        out["scale_throughput_target_met"] = (
+            ratio(large.steady_chunks_per_s, small.steady_chunks_per_s) >= TARGET_THROUGHPUT
+        )
+    return out
+
+
+# --- measuring one run --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tree_cpu_s(root: psutil.Process) -> dict[int, float]:
+    """CPU seconds (user + system) of a process and its descendants, by pid."""
+    out: dict[int, float] = {}
+    with contextlib.suppress(psutil.Error):
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+    return out
+
+
+def tree_rss_mb(root: psutil.Process) -> dict[str, float]:
+    """RSS (MiB) of a process and its descendants, summed by kind: the JVM and Python."""
+    out = {"jvm": 0.0, "python": 0.0}
+    with contextlib.suppress(psutil.Error):
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                kind = "jvm" if p.name() == "java" else "python"
+                out[kind] += p.memory_info().rss / MIB
+    return out
+
+
+def checkpoint_sizes(directory: Path) -> dict[Path, tuple[int, int]]:
+    """Completed checkpoints (``<job>/chk-N`` with ``_metadata``): (all bytes, state bytes
+    without ``_metadata``)."""
+    out: dict[Path, tuple[int, int]] = {}
+    for metadata in directory.glob("*/chk-*/_metadata"):
+        with contextlib.suppress(OSError):
+            files = [f for f in metadata.parent.rglob("*") if f.is_file()]
+            total = sum(f.stat().st_size for f in files)
+            out[metadata.parent] = (total, total - metadata.stat().st_size)
+    return out
+
+
+class Watch(threading.Thread):
+    """While a job runs: its completed checkpoints, the last scrape of its metrics and
+    the CPU seconds of its processes (the last seen of each, so that exited workers
+    count)."""
+
+    def __init__(self, pid: int, checkpoints: Path, metrics_url: str) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.checkpoints, self.metrics_url = checkpoints, metrics_url
+        self.seen: dict[Path, tuple[int, int]] = {}
+        self.order: list[Path] = []  # in the order they completed
+        self.samples: Samples = {}
+        self.cpu: dict[int, float] = {}
+        self.peak_mb: dict[str, float] = {"jvm": 0.0, "python": 0.0}  # peak RSS by kind
+        self.done = False
+
+    def run(self) -> None:
+        last_scrape = 0.0
+        while not self.done:
+            for path, size in checkpoint_sizes(self.checkpoints).items():
+                if path not in self.seen:
+                    self.order.append(path)
+                self.seen[path] = size
+            self.cpu |= tree_cpu_s(self.root)
+            for kind, mb in tree_rss_mb(self.root).items():
+                self.peak_mb[kind] = max(self.peak_mb.get(kind, 0.0), mb)
+            if time.monotonic() - last_scrape >= 1.0:
+                last_scrape = time.monotonic()
+                with contextlib.suppress(Exception):
+                    samples = scrape(self.metrics_url, timeout_s=2)
+                    if operator_total(samples, "store_write_ms_count") > 0:
+                        self.samples = samples
+            time.sleep(0.2)
+
+    def last_checkpoint(self) -> tuple[int, int]:
+        return self.seen[self.order[-1]] if self.order else (0, 0)
+
+
+@dataclass
+class JobRun:
+    wall_s: float
+    peak_rss_mb: float
+    peak_rss_by_kind_mb: dict[str, float]
+    cpu_s: float
+    milvus_cpu_s: float
+    checkpoint: tuple[int, int]
+    samples: Samples
+
+
+def milvus_cpu_s(settings: Settings) -> float:
+    pid = pids(settings).get("milvus")
+    return sum(tree_cpu_s(psutil.Process(pid)).values()) if pid else 0.0
+
+
+def run_watched(settings: Settings, env: dict[str, str]) -> JobRun:
+    """One bounded ingest run, watched."""
+    port = settings.flink.prometheus_port
+    milvus_before = milvus_cpu_s(settings)
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [CLI, "run", "--bounded"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sampler = RssSampler(proc.pid)
+    watch = Watch(
+        proc.pid, checkpoints_dir(settings, bounded=True), f"http://127.0.0.1:{port}/metrics"
+    )
+    sampler.start()
+    watch.start()
+    _, err = proc.communicate(timeout=3600)
+    wall = time.perf_counter() - start
+    sampler.done = watch.done = True
+    watch.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"bench-scale: the ingest job failed:\n{err[-2000:]}")
+    return JobRun(
+        wall,
+        sampler.peak_mb,
+        watch.peak_mb,
+        sum(watch.cpu.values()),
+        milvus_cpu_s(settings) - milvus_before,
+        watch.last_checkpoint(),
+        watch.samples,
+    )
+
+
+def delete_topics(settings: Settings) -> None:
+    k = settings.kafka
+    topics = [k.documents_topic, k.chunks_topic, k.embeddings_topic, k.dead_letter_topic]
+    admin = AdminClient({"bootstrap.servers": k.bootstrap})
+    for future in admin.delete_topics(topics, operation_timeout=30).values():
+        with contextlib.suppress(Exception):
+            future.result()
+
+
+def cleanup(settings: Settings) -> None:
+    """What one run made: its collection, topics and checkpoints."""
+    with contextlib.suppress(Exception):
+        store = open_store(settings.store)
+        try:
+            store.drop()
+        finally:
+            store.close()
+    with contextlib.suppress(Exception):
+        delete_topics(settings)
+    shutil.rmtree(checkpoints_dir(settings, bounded=True).parent, ignore_errors=True)
+
+
+def phase(docs: list[dict[str, str]]) -> tuple[Settings, dict[str, str], JobRun]:
+    """Fresh topics and collection, ``docs`` produced, one watched bounded run."""
+    settings, env = bench_settings(
+        "cpu", EMBEDDING__MODEL=HASH_MODEL, FLINK__PROMETHEUS_PORT=str(free_port())
+    )
+    try:
+        ensure_topics(settings)
+        send_all(settings, settings.kafka.documents_topic, [(d["id"], json.dumps(d)) for d in docs])
+        return settings, env, run_watched(settings, env)
+    except BaseException:  # the job failed (or the bench was stopped): leave nothing behind
+        cleanup(settings)
+        raise
+
+
+def fixed_cost() -> tuple[float, float]:
+    """Wall and CPU seconds of the bounded job over one one-chunk document: start-up (JVM,
+    Python workers) and shutdown, which the rates leave out."""
+    one = {"id": "scale/idle", "text": "One short paragraph, so that every operator opens."}
+    settings, _, run = phase([one])
+    cleanup(settings)
+    return run.wall_s, run.cpu_s
+
+
+def measure(n_docs: int, pool: Sequence[str]) -> SizeFigures:
+    docs = scale_corpus(n_docs, pool)
+    want = n_docs * CHUNKS_PER_DOC
+    settings, env, run = phase(docs)
+    try:
+        store = open_store(settings.store)
+        try:
+            count = store.count()
+            stamps = [c.indexed_at_ms for c in store.get(store.all_ids())]
+        finally:
+            store.close()
+        if count != want:
+            raise SystemExit(f"bench-scale: the index holds {count} chunks, expected {want}")
+        replay = replay_figures(settings, env)
+    finally:
+        cleanup(settings)
+    s = run.samples
+    written = operator_total(s, "chunks_indexed") or want
+    return SizeFigures(
+        docs=n_docs,
+        chunks=want,
+        wall_s=run.wall_s,
+        cpu_s=run.cpu_s,
+        steady_chunks_per_s=steady_rate(stamps),
+        peak_rss_mb=run.peak_rss_mb,
+        peak_jvm_rss_mb=run.peak_rss_by_kind_mb["jvm"],
+        peak_python_rss_mb=run.peak_rss_by_kind_mb["python"],
+        checkpoint_bytes=run.checkpoint[0],
+        state_bytes=run.checkpoint[1],
+        store_write_p50_ms=operator_total(s, "store_write_ms_p50"),
+        store_write_p99_ms=operator_total(s, "store_write_ms_p99"),
+        store_write_ms_per_chunk=operator_total(s, "store_write_ms_sum") / written,
+        milvus_cpu_ms_per_chunk=run.milvus_cpu_s * 1000 / want,
+        replay_chunks_per_s=float(replay["replay_chunks_per_s"]),
+        replay_steady_chunks_per_s=float(replay["replay_steady_chunks_per_s"]),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.scale", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--docs",
+        default=",".join(map(str, SIZES)),
+        help="comma-separated corpus sizes in documents (default %(default)s)",
+    )
+    sizes = sorted(int(n) for n in parser.parse_args(argv).docs.split(","))
+    settings, _ = bench_settings("cpu", EMBEDDING__MODEL=HASH_MODEL)
+    pool = section_pool(ChunkStage.for_model(settings.chunking, resolve_model(HASH_MODEL)))
+    print(
+        f"scale curve: model {HASH_MODEL} (no model cost: the plumbing, state and store),"
+        f" Milvus Lite, parallelism 1; sizes {sizes} documents x {CHUNKS_PER_DOC} chunks",
+        flush=True,
+    )
+    fixed = [fixed_cost()]
+    print(
+        f"fixed cost (one-document job): {fixed[0][0]:.1f} s, {fixed[0][1]:.1f} CPU-s", flush=True
+    )
+    measured: list[SizeFigures] = []
+    for n in sizes:
+        measured.append(measure(n, pool))
+        print(f"size {n}: {json.dumps(asdict(measured[-1]))}", flush=True)
+    fixed.append(fixed_cost())
+    print(f"fixed cost again: {fixed[1][0]:.1f} s, {fixed[1][1]:.1f} CPU-s", flush=True)
+    print(json.dumps(figures(measured, [w for w, _ in fixed], [c for _, c in fixed])))
+
+
+if __name__ == "__main__":
+    main()
