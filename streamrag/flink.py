@@ -105,6 +105,10 @@ def create_context(
     os.environ["PYTHONPATH"] = os.pathsep.join(
         paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
+    heap = settings.flink.local_heap_mb
+    if heap is not None and "-Xmx" not in os.environ.get("JVM_ARGS", ""):
+        # Read when PyFlink starts its local JVM (the next line, in a local run).
+        os.environ["JVM_ARGS"] = f"{os.environ.get('JVM_ARGS', '')} -Xmx{heap}m".strip()
     conf = Configuration()
     conf.set_string("pipeline.name", job_name)
     for key, value in restart_strategy(settings.flink.restart_attempts).items():

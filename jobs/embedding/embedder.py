@@ -11,6 +11,7 @@ the hashing model does not care). The chunks may come from many documents
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
@@ -30,7 +31,10 @@ class Embedder:
         self._encoder = encoder
         self.model_id = model_id
         self._batch_size = batch_size
-        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        # float32 arrays (1.5 KB for 384 dimensions, where a list of Python floats takes
+        # 12 KB): every vector here is float32 already (the model's output, the stores'
+        # columns), so nothing is rounded.
+        self._cache: OrderedDict[str, array[float]] = OrderedDict()
         self._cache_entries = cache_entries
         self._embed_heading: EmbedHeading = embed_heading
         self.embedded = 0
@@ -62,7 +66,7 @@ class Embedder:
             vector = fresh.get(chunk.content_hash)
             embedded = vector is not None
             if vector is None:
-                vector = self._cache[chunk.content_hash]
+                vector = self._cache[chunk.content_hash].tolist()
                 self._cache.move_to_end(chunk.content_hash)
             self.embedded += embedded
             self.reused += not embedded
@@ -74,6 +78,6 @@ class Embedder:
         return encode(self._encoder, texts, self._batch_size)
 
     def _remember(self, fresh: dict[str, list[float]]) -> None:
-        self._cache.update(fresh)
+        self._cache.update((h, array("f", vector)) for h, vector in fresh.items())
         while len(self._cache) > max(self._cache_entries, len(fresh)):
             self._cache.popitem(last=False)

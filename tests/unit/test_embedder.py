@@ -145,6 +145,24 @@ def test_cache_is_bounded_and_evicts_the_least_recently_used(encoder):
     assert encoder.calls == [["a"], ["b"], ["c"], ["b"]]
 
 
+def test_cached_vectors_come_back_exactly_and_take_four_bytes_a_dimension(encoder):
+    import random
+    import sys
+
+    import numpy as np
+
+    rng = random.Random(3)
+    vector = [float(x) for x in np.asarray([rng.uniform(-1, 1) for _ in range(384)], "float32")]
+    embedder = Embedder(encoder, MODEL)
+    embedder.embed([chunk("alpha")], known={content_hash("alpha"): vector})
+
+    (record,) = embedder.embed([chunk("alpha", 3, "other")])
+
+    assert record.vector == vector and record.embedded is False and encoder.calls == []
+    cached = embedder._cache[content_hash("alpha")]
+    assert sys.getsizeof(cached) < 384 * 4 + 128  # a list of floats: about 12 KB
+
+
 def test_empty_batch_does_not_call_the_model(encoder):
     assert Embedder(encoder, MODEL).embed([]) == []
     assert encoder.calls == []
