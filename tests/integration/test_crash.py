@@ -58,24 +58,28 @@ def document(n: int, version: int, parts: int) -> dict:
 
 def expected_index(settings: Settings, docs: list[dict]) -> dict[str, tuple]:
     """What a clean run leaves for the latest version of each document."""
-    stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
     latest: dict[str, dict] = {}
     for d in docs:
         if d["version"] >= latest.get(d["id"], d)["version"]:
             latest[d["id"]] = d
-    out = {}
-    for d in latest.values():
-        event = DocumentEvent(
-            doc_id=d["id"],
-            version=d["version"],
-            source="t",
-            origin=Origin("t", 0, 0),
-            text=d["text"],
-            content_type=d["content_type"],
-        )
-        for i, span in enumerate(stage.spans(event)):
-            out[chunk_id(d["id"], i)] = (d["id"], d["version"], i, span.text)
-    return out
+    return {k: v for d in latest.values() for k, v in expected_chunks(settings, d).items()}
+
+
+def expected_chunks(settings: Settings, d: dict) -> dict[str, tuple]:
+    """Chunk id -> (doc id, version, position, text) of one document version."""
+    stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
+    event = DocumentEvent(
+        doc_id=d["id"],
+        version=d["version"],
+        source="t",
+        origin=Origin("t", 0, 0),
+        text=d["text"],
+        content_type=d["content_type"],
+    )
+    return {
+        chunk_id(d["id"], i): (d["id"], d["version"], i, span.text)
+        for i, span in enumerate(stage.spans(event))
+    }
 
 
 def index_now(p: Pipeline) -> dict[str, tuple]:

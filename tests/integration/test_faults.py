@@ -11,8 +11,8 @@ each fault the index equals it exactly (nothing lost, nothing stale, no duplicat
 
 The model is the zero-cost ``hash:384`` embedder: these tests are about offsets, state,
 replication and the stores; every other integration test runs the real model. Each fault
-records how long the job took to catch up once the stream ended (``caught_up_s``, shown in
-the test summary).
+records how long the index took to equal the ground truth again after the fault ended
+(``recovered_s``, shown in the test summary).
 """
 
 from __future__ import annotations
@@ -33,17 +33,19 @@ import pytest
 import requests
 from confluent_kafka.admin import AdminClient
 
-from jobs.chunking.planner import chunk_id
-from jobs.chunking.stage import ChunkStage
 from streamrag import generations
 from streamrag.config import Settings, isolated_env
 from streamrag.kafka import RecordProducer, ensure_topics
 from streamrag.local import cluster, stack
 from streamrag.local.kafka import Kafka, bootstrap_servers
-from streamrag.models import resolve_model
-from streamrag.records import DocumentEvent, Origin
 from tests.integration.conftest import Pipeline, settings_with
-from tests.integration.test_crash import SENTENCE, embedded_per_chunk, index_now, poll
+from tests.integration.test_crash import (
+    SENTENCE,
+    embedded_per_chunk,
+    expected_chunks,
+    index_now,
+    poll,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -192,20 +194,7 @@ class Traffic:
         assert not errors, f"the producer failed: {errors[0]}"
 
     def chunks(self, doc: dict) -> dict[str, tuple]:
-        settings = self.p.settings
-        stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
-        event = DocumentEvent(
-            doc_id=doc["id"],
-            version=doc["version"],
-            source="t",
-            origin=Origin("t", 0, 0),
-            text=doc["text"],
-            content_type=doc["content_type"],
-        )
-        return {
-            chunk_id(doc["id"], i): (doc["id"], doc["version"], i, span.text)
-            for i, span in enumerate(stage.spans(event))
-        }
+        return expected_chunks(self.p.settings, doc)
 
     def expected(self) -> dict[str, tuple]:
         return {
@@ -286,6 +275,19 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def outage(fs: FaultStack, service: str) -> Callable[[], None]:
+    """A fault: the service SIGKILLed, started again OUTAGE_S seconds later."""
+
+    def fault() -> None:
+        pid = stack.pids(fs.settings)[service]
+        assert pid is not None, f"{service} is not running"
+        kill_group(pid)
+        time.sleep(OUTAGE_S)
+        stack.up(fs.settings, [service])
+
+    return fault
+
+
 def kill_leading_broker(fs: FaultStack, p: Pipeline) -> int:
     """SIGKILL the broker that leads partition 0 of the documents topic; its node id."""
     admin = AdminClient({"bootstrap.servers": p.settings.kafka.bootstrap})
@@ -333,20 +335,51 @@ def during(
     fault_at: float,
     fault: Callable[[], object],
     heal: Callable[[], object] = lambda: None,
-) -> None:
+) -> float:
     """Stream for ``seconds``, with ``fault`` run ``fault_at`` seconds in and ``heal``
-    every second after it."""
+    every second after it; returns when the fault ended (time.monotonic())."""
     with traffic.streaming(per_s=10):
         time.sleep(fault_at)
         fault()
+        fault_ended = time.monotonic()
         end = time.monotonic() + seconds - fault_at
         while time.monotonic() < end:
             time.sleep(1)
             heal()
+    return fault_ended
 
 
 def record(props: Callable[[str, object], None], name: str, value: float) -> None:
     props(name, round(value, 1))
+
+
+def fault_phase(
+    props: Callable[[str, object], None],
+    name: str,
+    p: Pipeline,
+    traffic: Traffic,
+    job: str,
+    fault: Callable[[], object],
+    seconds: float = 10,
+    heal: Callable[[], object] = lambda: None,
+) -> None:
+    """Stream with ``fault`` 3 s in; then the index must equal the ground truth. Records
+    ``recovered_s:<name>``: from the end of the fault (the service back, the TaskManager
+    killed) to the index equal to the ground truth, the rest of the stream included."""
+    fault_ended = during(traffic, seconds, 3, fault, heal)
+    caught_up(p, traffic, job, name, heal)
+    record(props, f"recovered_s:{name}", time.monotonic() - fault_ended)
+
+
+def started(fs: FaultStack, store_kind: str) -> tuple[Pipeline, Traffic, str]:
+    """The job at parallelism 2, submitted, with 5 s of traffic indexed."""
+    p = fault_pipeline(fs, store_kind, parallelism=2)
+    traffic = Traffic(p)
+    job = submit(p)
+    with traffic.streaming(per_s=10):
+        time.sleep(5)
+    caught_up(p, traffic, job, "the start")
+    return p, traffic, job
 
 
 # --- the tests --------------------------------------------------------------------------
@@ -356,17 +389,11 @@ def test_four_faults_in_one_job_life_leave_the_index_equal_to_ground_truth(
     fault_stack: FaultStack, record_property: Callable[[str, object], None]
 ):
     fs = fault_stack
-    p = fault_pipeline(fs, "milvus", parallelism=2)
-    traffic = Traffic(p)
-    job = submit(p)
+    p, traffic, job = started(fs, "milvus")
     try:
-        with traffic.streaming(per_s=10):
-            time.sleep(5)
-        record(record_property, "caught_up_s:start", caught_up(p, traffic, job, "the start"))
-
         # 1. The broker that leads documents partition 0 dies; it comes back later.
-        during(traffic, 12, 3, lambda: kill_leading_broker(fs, p))
-        record(record_property, "caught_up_s:broker", caught_up(p, traffic, job, "a broker"))
+        fault_phase(record_property, "broker", p, traffic, job, lambda: kill_leading_broker(fs, p))
+        record(record_property, "restarts_after_broker", restarts(job))
         stack.up(fs.settings, ["kafka"])
         poll(lambda: fully_replicated(p), "the broker back in every ISR", timeout_s=120)
 
@@ -374,30 +401,31 @@ def test_four_faults_in_one_job_life_leave_the_index_equal_to_ground_truth(
         # so is any other that dies meanwhile): the job restarts from its checkpoint.
         before = restarts(job)
         replace = replacing_taskmanagers(fs, after_s=8)
-        during(traffic, 12, 3, lambda: kill_taskmanager(fs), heal=replace)
-        record(
-            record_property, "caught_up_s:taskmanager", caught_up(p, traffic, job, "a TM", replace)
+        fault_phase(
+            record_property,
+            "taskmanager",
+            p,
+            traffic,
+            job,
+            lambda: kill_taskmanager(fs),
+            heal=replace,
         )
         assert restarts(job) > before, "the job did not fail over"
 
         # 3. The Milvus server is down for 30 s: writes retry, the job fails over at worst.
-        def milvus_down() -> None:
-            pid = stack.pids(fs.settings)["milvus"]
-            assert pid is not None
-            kill_group(pid)
-            time.sleep(OUTAGE_S)
-            stack.up(fs.settings, ["milvus"])
-
-        during(traffic, OUTAGE_S + 8, 3, milvus_down)
-        record(record_property, "caught_up_s:milvus", caught_up(p, traffic, job, "Milvus"))
+        down = outage(fs, "milvus")
+        fault_phase(record_property, "milvus", p, traffic, job, down, OUTAGE_S + 6)
 
         # 4. A TaskManager dies again: a fourth fault in the same job's life.
         replace = replacing_taskmanagers(fs, after_s=8)
-        during(traffic, 12, 3, lambda: kill_taskmanager(fs), heal=replace)
-        record(
+        fault_phase(
             record_property,
-            "caught_up_s:taskmanager_2",
-            caught_up(p, traffic, job, "a TM", replace),
+            "taskmanager_2",
+            p,
+            traffic,
+            job,
+            lambda: kill_taskmanager(fs),
+            heal=replace,
         )
 
         assert cluster.running_job() == job  # the same job all along, never resubmitted
@@ -413,26 +441,20 @@ def test_rescaling_through_savepoints_and_a_postgres_outage(
     fault_stack: FaultStack, record_property: Callable[[str, object], None]
 ):
     fs = fault_stack
-    p = fault_pipeline(fs, "pgvector", parallelism=2)
-    traffic = Traffic(p)
-    job = submit(p)
+    p, traffic, job = started(fs, "pgvector")
     try:
-        with traffic.streaming(per_s=10):
-            time.sleep(8)
-        caught_up(p, traffic, job, "the start at parallelism 2")
-
         # 2 -> 1 -> 2 with `streamrag cluster upgrade --parallelism N`: per-document
         # state moves with its keys at each rescale.
         for step, parallelism in (("to_1", 1), ("to_2", 2)):
-            started = time.monotonic()
+            began = time.monotonic()
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(os, "environ", p.env)  # flink run builds the job from it
                 _savepoint, job = cluster.upgrade(fs.settings, [], parallelism=parallelism)
             assert vertex_parallelism(job) == {parallelism}
-            record(record_property, f"rescale_s:{step}", time.monotonic() - started)
+            record(record_property, f"rescale_s:{step}", time.monotonic() - began)
             with traffic.streaming(per_s=10):
-                time.sleep(8)
-            record(record_property, f"caught_up_s:{step}", caught_up(p, traffic, job, step))
+                time.sleep(6)
+            caught_up(p, traffic, job, step)
 
         # Nothing went through the model twice for the same text: what is already embedded
         # moved with the keys (no failover so far, so nothing was replayed either).
@@ -442,15 +464,8 @@ def test_rescaling_through_savepoints_and_a_postgres_outage(
         assert not twice, f"re-embedded without a change: {sorted(twice)[:5]}"
 
         # PostgreSQL down for 30 s: writes retry, the job fails over at worst.
-        def postgres_down() -> None:
-            pid = stack.pids(fs.settings)["postgres"]
-            assert pid is not None
-            kill_group(pid)
-            time.sleep(OUTAGE_S)
-            stack.up(fs.settings, ["postgres"])
-
-        during(traffic, OUTAGE_S + 8, 3, postgres_down)
-        record(record_property, "caught_up_s:postgres", caught_up(p, traffic, job, "PostgreSQL"))
+        down = outage(fs, "postgres")
+        fault_phase(record_property, "postgres", p, traffic, job, down, OUTAGE_S + 6)
         assert p.dead_letters() == []
     finally:
         requests.patch(f"{FLINK_REST}/jobs/{job}", params={"mode": "cancel"}, timeout=10)
