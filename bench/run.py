@@ -126,10 +126,9 @@ class RssSampler(threading.Thread):
             time.sleep(0.5)
 
 
-def run_job(env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one bounded ingest run."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
+def start_bounded_run(env: dict[str, str]) -> subprocess.Popen[str]:
+    """`streamrag run --bounded` with ``env``; its stderr is kept for a failure's message."""
+    return subprocess.Popen(
         [CLI, "run", "--bounded"],
         env=env,
         cwd=PROJECT_ROOT,
@@ -137,6 +136,12 @@ def run_job(env: dict[str, str]) -> tuple[float, float]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def run_job(env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one bounded ingest run."""
+    start = time.perf_counter()
+    proc = start_bounded_run(env)
     sampler = RssSampler(proc.pid)
     sampler.start()
     _, err = proc.communicate(timeout=3600)

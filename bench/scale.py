@@ -10,7 +10,7 @@ Markdown made from samples/corpus: 2,000, 20,000 and 200,000 chunks), on fresh t
 a fresh collection (Milvus Lite, parallelism 1):
 
   -> produce the documents, run the ingest job (`streamrag run --bounded`), while it runs:
-     - peak RSS of the job's processes (client, JVM, Python workers: bench.run.RssSampler)
+     - peak RSS of the job's processes (client, JVM, Python workers)
        and their CPU time, and the Milvus Lite server's CPU time;
      - the job's Prometheus endpoint (scraped every second; the last scrape before the end
        counts): ``store_write_ms`` p50/p99 (one flush's upserts and trims, the job's
@@ -37,8 +37,6 @@ import argparse
 import contextlib
 import json
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -48,10 +46,11 @@ from pathlib import Path
 import psutil
 from confluent_kafka.admin import AdminClient
 
+from bench.query import free_port
 from bench.replay import replay_figures, steady_rate
-from bench.run import CLI, HASH_MODEL, RssSampler, bench_settings, paragraphs
+from bench.run import HASH_MODEL, bench_settings, paragraphs, start_bounded_run
 from jobs.chunking.stage import ChunkStage
-from streamrag.config import PROJECT_ROOT, Settings
+from streamrag.config import Settings
 from streamrag.kafka import ensure_topics, send_all
 from streamrag.local.checkpoints import checkpoints_dir
 from streamrag.local.stack import pids
@@ -204,12 +203,6 @@ def figures(
 # --- measuring one run --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def tree_cpu_s(root: psutil.Process) -> dict[int, float]:
     """CPU seconds (user + system) of a process and its descendants, by pid."""
     out: dict[int, float] = {}
@@ -258,6 +251,7 @@ class Watch(threading.Thread):
         self.samples: Samples = {}
         self.cpu: dict[int, float] = {}
         self.peak_mb: dict[str, float] = {"jvm": 0.0, "python": 0.0}  # peak RSS by kind
+        self.peak_total_mb = 0.0  # peak of the sum (the kinds peak at different times)
         self.done = False
 
     def run(self) -> None:
@@ -268,8 +262,10 @@ class Watch(threading.Thread):
                     self.order.append(path)
                 self.seen[path] = size
             self.cpu |= tree_cpu_s(self.root)
-            for kind, mb in tree_rss_mb(self.root).items():
+            rss = tree_rss_mb(self.root)
+            for kind, mb in rss.items():
                 self.peak_mb[kind] = max(self.peak_mb.get(kind, 0.0), mb)
+            self.peak_total_mb = max(self.peak_total_mb, sum(rss.values()))
             if time.monotonic() - last_scrape >= 1.0:
                 last_scrape = time.monotonic()
                 with contextlib.suppress(Exception):
@@ -303,29 +299,20 @@ def run_watched(settings: Settings, env: dict[str, str]) -> JobRun:
     port = settings.flink.prometheus_port
     milvus_before = milvus_cpu_s(settings)
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [CLI, "run", "--bounded"],
-        env=env,
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    sampler = RssSampler(proc.pid)
+    proc = start_bounded_run(env)
     watch = Watch(
         proc.pid, checkpoints_dir(settings, bounded=True), f"http://127.0.0.1:{port}/metrics"
     )
-    sampler.start()
     watch.start()
     _, err = proc.communicate(timeout=3600)
     wall = time.perf_counter() - start
-    sampler.done = watch.done = True
+    watch.done = True
     watch.join()
     if proc.returncode != 0:
         raise SystemExit(f"bench-scale: the ingest job failed:\n{err[-2000:]}")
     return JobRun(
         wall,
-        sampler.peak_mb,
+        watch.peak_total_mb,
         watch.peak_mb,
         sum(watch.cpu.values()),
         milvus_cpu_s(settings) - milvus_before,

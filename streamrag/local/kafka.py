@@ -11,7 +11,15 @@ from pathlib import Path
 import requests
 
 from streamrag.config import Settings
-from streamrag.local.service import HOST, JavaService, StackError, jars_dir, port_open, show
+from streamrag.local.service import (
+    HOST,
+    JavaService,
+    StackError,
+    jars_dir,
+    port_open,
+    show,
+    work_dir,
+)
 
 POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
 
@@ -32,12 +40,16 @@ def bootstrap_servers(settings: Settings) -> str:
     return ",".join(f"{HOST}:{port}" for port in ports)
 
 
+def brokers_file(settings: Settings) -> Path:
+    """Where node 1 notes how many brokers the Kafka data was formatted for."""
+    return work_dir(settings) / "kafka" / "brokers"
+
+
 def formatted_brokers(settings: Settings) -> int | None:
     """How many brokers the stack's Kafka data was formatted for; None before the first
     start."""
-    path = Path(settings.stack.work_dir).resolve() / "kafka" / "brokers"
     try:
-        return int(path.read_text().strip())
+        return int(brokers_file(settings).read_text().strip())
     except (OSError, ValueError):
         return None
 
@@ -141,7 +153,7 @@ class Kafka(JavaService):
         if result.returncode != 0:
             raise StackError(f"formatting kafka storage failed; see {show(self.log)}")
         if self.node == 1:
-            (self.work / "kafka" / "brokers").write_text(f"{brokers}\n")
+            brokers_file(self.settings).write_text(f"{brokers}\n")
 
     def ready(self) -> bool:
         if not port_open(self.ports[0]):

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from streamrag.config import Settings
-from streamrag.local.kafka import MAX_BROKERS, Connect, Kafka, formatted_brokers
+from streamrag.local.kafka import Connect, Kafka, formatted_brokers
 from streamrag.local.milvus import Milvus
 from streamrag.local.postgres import Postgres
 from streamrag.local.service import (
@@ -69,9 +69,10 @@ def _instances(settings: Settings, brokers: int | None = None) -> dict[str, Serv
     return out
 
 
-def _known_brokers(settings: Settings) -> int:
-    """Brokers to look for: the configured ones, or as many as the data was formatted for."""
-    return max(settings.stack.brokers, formatted_brokers(settings) or 1)
+def _known(settings: Settings) -> dict[str, Service]:
+    """The processes to look for (status, stop): as many brokers as configured, or as the
+    Kafka data was formatted for, whichever is more."""
+    return _instances(settings, max(settings.stack.brokers, formatted_brokers(settings) or 1))
 
 
 READY_TIMEOUT = 90.0
@@ -317,15 +318,14 @@ def down(settings: Settings, *, echo: Callable[[str], None] | None = None) -> No
     """Stop every service of the stack (reverse start order); no process of ours is left."""
     say = echo or (lambda _msg: None)
     with _lock(settings):
-        for name, svc in reversed(_instances(settings, MAX_BROKERS).items()):
+        for name, svc in reversed(_known(settings).items()):
             stopped = 0
             while (pid := _find_pid(svc)) is not None:
                 if stopped == 3:
                     raise StackError(f"cannot stop {name} (pid {pid}); see {show(svc.log)}")
                 _stop(svc, pid)
                 stopped += 1
-            if stopped or type(svc).name == name:  # brokers 2.. only when there were some
-                say(f"{name:<9} {'stopped' if stopped else 'not running'}")
+            say(f"{name:<9} {'stopped' if stopped else 'not running'}")
 
 
 def _probe(svc: Service) -> bool:
@@ -337,15 +337,13 @@ def _probe(svc: Service) -> bool:
 
 def pids(settings: Settings) -> dict[str, int | None]:
     """Pid of each service's main process, None when not running."""
-    return {
-        name: _find_pid(svc) for name, svc in _instances(settings, _known_brokers(settings)).items()
-    }
+    return {name: _find_pid(svc) for name, svc in _known(settings).items()}
 
 
 def describe(settings: Settings) -> list[tuple[str, bool, str, int | None]]:
     """(name, up, address, pid) of each service, in start order."""
     out = []
-    for name, svc in _instances(settings, _known_brokers(settings)).items():
+    for name, svc in _known(settings).items():
         pid = _find_pid(svc)
         out.append((name, pid is not None and _probe(svc), svc.address, pid))
     return out

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from jobs.chunking.documents import parse_document_record
 from streamrag import generations
 from streamrag.config import PROJECT_ROOT, Settings, isolated_env, load_settings
 from streamrag.kafka import Message, ensure_topics, read_log, send_all
 from streamrag.local.checkpoints import checkpoints_dir
+from streamrag.records import DocumentEvent, Origin
 from streamrag.stores import open_store
 from streamrag.stores.base import VectorStore
 
@@ -37,6 +39,11 @@ def stack() -> Settings:
     up(settings)
     os.environ.setdefault("PGPASSFILE", str(settings.stack.secrets_dir / "pgpass"))
     return settings
+
+
+def as_event(d: dict) -> DocumentEvent:
+    """The DocumentEvent that the job's parser makes of this documents-topic record."""
+    return parse_document_record(d["id"].encode(), json.dumps(d).encode(), Origin("t", 0, 0), 0)
 
 
 def settings_with(env: dict[str, str]) -> Settings:

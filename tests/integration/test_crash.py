@@ -36,8 +36,7 @@ from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.kafka import read_log
 from streamrag.local import cluster
 from streamrag.models import resolve_model
-from streamrag.records import DocumentEvent, Origin
-from tests.integration.conftest import CLI, Pipeline
+from tests.integration.conftest import CLI, Pipeline, as_event
 
 pytestmark = pytest.mark.integration
 
@@ -68,14 +67,7 @@ def expected_index(settings: Settings, docs: list[dict]) -> dict[str, tuple]:
 def expected_chunks(settings: Settings, d: dict) -> dict[str, tuple]:
     """Chunk id -> (doc id, version, position, text) of one document version."""
     stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
-    event = DocumentEvent(
-        doc_id=d["id"],
-        version=d["version"],
-        source="t",
-        origin=Origin("t", 0, 0),
-        text=d["text"],
-        content_type=d["content_type"],
-    )
+    event = as_event(d)
     return {
         chunk_id(d["id"], i): (d["id"], d["version"], i, span.text)
         for i, span in enumerate(stage.spans(event))

@@ -11,8 +11,8 @@ import pytest
 from jobs.chunking.planner import chunk_id
 from jobs.chunking.stage import ChunkStage
 from streamrag.models import resolve_model
-from streamrag.records import DocumentEvent, EmbeddingRecord, Origin
-from tests.integration.conftest import CLI
+from streamrag.records import EmbeddingRecord
+from tests.integration.conftest import CLI, as_event
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +30,7 @@ def doc(doc_id: str, paragraphs: int, word: str = "alpha", **extra: object) -> d
 
 def expected_ids(settings, document: dict) -> set[str]:
     stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
-    event = DocumentEvent(
-        doc_id=document["id"],
-        version=1,
-        source="t",
-        origin=Origin("t", 0, 0),
-        text=document["text"],
-        content_type=document["content_type"],
-    )
-    return {chunk_id(document["id"], i) for i in range(len(stage.spans(event)))}
+    return {chunk_id(document["id"], i) for i in range(len(stage.spans(as_event(document))))}
 
 
 def test_chunks_land_exactly_once_and_replay_changes_nothing(pipeline):

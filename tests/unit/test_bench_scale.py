@@ -3,6 +3,7 @@ the ratios and figures of its JSON line, and how it sizes a checkpoint."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,11 @@ from bench.scale import (
     scale_document,
     section_pool,
 )
+from jobs.chunking.documents import parse_document_record
 from jobs.chunking.stage import ChunkStage
 from streamrag.config import ChunkingConfig
 from streamrag.models import resolve_model
-from streamrag.records import DocumentEvent, Origin
+from streamrag.records import Origin
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +36,8 @@ def pool(stage: ChunkStage) -> list[str]:
 
 
 def chunk_texts(stage: ChunkStage, doc: dict[str, str]) -> list[str]:
-    event = DocumentEvent(
-        doc_id=doc["id"],
-        version=1,
-        source="bench",
-        origin=Origin("bench", 0, 0),
-        text=doc["text"],
-        title=doc["title"],
-        content_type=doc["content_type"],
+    event = parse_document_record(
+        doc["id"].encode(), json.dumps(doc).encode(), Origin("bench", 0, 0), 0
     )
     return [s.text for s in stage.spans(event)]
 
