@@ -44,12 +44,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
-from confluent_kafka.admin import AdminClient
 
 from bench.query import free_port
 from bench.replay import replay_figures, steady_rate
 from bench.run import HASH_MODEL, bench_settings, paragraphs, start_bounded_run
 from jobs.chunking.stage import ChunkStage
+from streamrag import kafka
 from streamrag.config import Settings
 from streamrag.kafka import ensure_topics, send_all
 from streamrag.local.checkpoints import checkpoints_dir
@@ -323,11 +323,9 @@ def run_watched(settings: Settings, env: dict[str, str]) -> JobRun:
 
 def delete_topics(settings: Settings) -> None:
     k = settings.kafka
-    topics = [k.documents_topic, k.chunks_topic, k.embeddings_topic, k.dead_letter_topic]
-    admin = AdminClient({"bootstrap.servers": k.bootstrap})
-    for future in admin.delete_topics(topics, operation_timeout=30).values():
-        with contextlib.suppress(Exception):
-            future.result()
+    kafka.delete_topics(
+        settings, [k.documents_topic, k.chunks_topic, k.embeddings_topic, k.dead_letter_topic]
+    )
 
 
 def cleanup(settings: Settings) -> None:

@@ -10,7 +10,10 @@ environment variable of that name, else by the value from settings:
 ``${STREAMRAG_SECRETS_DIR}`` (``<stack.work_dir>/secrets``), ``${STREAMRAG_POSTGRES_PORT}``
 (``stack.postgres_port``), ``${STREAMRAG_RECORD_BYTES}`` (the size limit of source
 records, ``streamrag.limits``) and ``${STREAMRAG_CDC_TABLES}`` (the tables of the
-``cdc.tables`` topics under the connector's ``topic.prefix``: the config is the one list).
+``cdc.tables`` topics under the connector's ``topic.prefix``: the config is the one list),
+``${STREAMRAG_PG_SSLMODE}`` and ``${STREAMRAG_PG_SSLROOTCERT}`` (on the secured local
+stack ``verify-full`` and its CA, else empty). A key whose value is empty once filled in
+is left out (the connector's default applies).
 Passwords are never in the file: ``${file:<path>:password}`` is resolved by the
 worker's file config provider, so not even the REST API shows the password.
 """
@@ -214,8 +217,8 @@ def load_connector_file(path: str | Path, settings: Settings) -> tuple[str, dict
             raise ConnectError(f"{path}: unknown placeholder {match.group(0)}")
         return values[match.group(1)]
 
-    config = {k: _PLACEHOLDER.sub(fill, str(v)) for k, v in data["config"].items()}
-    return data["name"], config
+    filled = {k: _PLACEHOLDER.sub(fill, str(v)) for k, v in data["config"].items()}
+    return data["name"], {k: v for k, v in filled.items() if v != ""}
 
 
 def _placeholder_values(settings: Settings, prefix: str) -> dict[str, str]:
@@ -224,6 +227,10 @@ def _placeholder_values(settings: Settings, prefix: str) -> dict[str, str]:
         "STREAMRAG_POSTGRES_PORT": str(settings.stack.postgres_port),
         "STREAMRAG_RECORD_BYTES": str(DOCUMENT_RECORD_BYTES.value),
         "STREAMRAG_CDC_TABLES": ",".join(cdc_tables(settings, prefix)),
+        "STREAMRAG_PG_SSLMODE": "verify-full" if settings.stack.secure else "",
+        "STREAMRAG_PG_SSLROOTCERT": (
+            str(settings.stack.tls_dir / "ca.crt") if settings.stack.secure else ""
+        ),
     }
     return {k: os.environ.get(k, v) for k, v in defaults.items()}
 

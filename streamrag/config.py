@@ -2,8 +2,8 @@
 
 Sources, later wins: defaults below < a YAML file (``--config`` or ``STREAMRAG_CONFIG``)
 < environment variables ``STREAMRAG_<SECTION>__<KEY>`` (e.g. ``STREAMRAG_KAFKA__BOOTSTRAP``).
-Secrets (database passwords) are never in committed files: the DSN reads its password
-from ``PGPASSWORD`` or a mounted file, see :class:`PgvectorStore`.
+Secrets (passwords, keys, tokens) are never in this config: its security sections name
+the files or environment variables that hold them (streamrag/security.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    SecretStr,
     Tag,
     ValidationError,
     model_validator,
@@ -38,8 +37,54 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class KafkaSecurityConfig(_Section):
+    """How every Kafka client of the project connects (streamrag/security.py turns this
+    into the Java clients' and librdkafka's properties). Secrets are never here: the
+    password comes from ``password_file`` (its whole content, no trailing newline: a
+    mounted Kubernetes Secret) or else the environment variable named by ``password_env``;
+    the client key from ``key_file``."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    # Written into the JAAS line between quotes: no quotes, backslashes or spaces.
+    username: Annotated[str, Field(pattern=r'^[^"\\\s]+$')] | None = None
+    password_file: Path | None = None
+    password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = (
+        "STREAMRAG_KAFKA_PASSWORD"
+    )
+    # PEM file of the CA(s) that signed the brokers' certificates; unset: the system's.
+    ca_file: Path | None = None
+    # Mutual TLS: the client's certificate and its unencrypted PKCS#8 key, both PEM.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Check that the broker's certificate names the host connected to (keep it on).
+    endpoint_identification: bool = True
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurityConfig:
+        if self.sasl and not self.username:
+            raise ValueError(f"protocol {self.protocol} needs a username")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mutual TLS needs both cert_file and key_file")
+        tls_files = (self.ca_file, self.cert_file)
+        if not self.tls and any(f is not None for f in tls_files):
+            raise ValueError(
+                f"ca_file and cert_file need protocol SSL or SASL_SSL, not {self.protocol}"
+            )
+        return self
+
+
 class KafkaConfig(_Section):
     bootstrap: str = "127.0.0.1:19092"
+    security: KafkaSecurityConfig = Field(default_factory=KafkaSecurityConfig)
     documents_topic: str = "documents"
     chunks_topic: str = "chunks"
     embeddings_topic: str = "embeddings"
@@ -98,12 +143,26 @@ class EmbeddingConfig(_Section):
         return self.cuda_batch_size if device == "cuda" else self.batch_size
 
 
+class MilvusSecurityConfig(_Section):
+    """TLS and the token of a Milvus server. The token comes from ``token_file`` or else
+    the environment variable named by ``token_env`` (none when neither is set)."""
+
+    # TLS to the server (an https:// uri turns it on too).
+    tls: bool = False
+    # PEM of the CA that signed the server's certificate; unset: the system's.
+    ca_file: Path | None = None
+    # The name the server's certificate must carry, when it is not the uri's host.
+    server_name: str | None = None
+    token_file: Path | None = None
+    token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "STREAMRAG_MILVUS_TOKEN"
+
+
 class MilvusConfig(_Section):
     kind: Literal["milvus"] = "milvus"
     # http://host:port for a Milvus server or the stack's Milvus Lite server; a file path
     # for an in-process Milvus Lite database (single process only).
     uri: str = "http://127.0.0.1:19530"
-    token: SecretStr | None = None
+    security: MilvusSecurityConfig = Field(default_factory=MilvusSecurityConfig)
     collection: str = "streamrag_chunks"
     # The vector index of new collections. FLAT (exact scan) suits Milvus Lite: no index
     # to build at each segment flush (an HNSW build took a third of the Lite server's CPU
@@ -112,10 +171,33 @@ class MilvusConfig(_Section):
     vector_index: Literal["FLAT", "HNSW"] = "FLAT"
 
 
+class PgvectorSecurityConfig(_Section):
+    """TLS and the password of the PostgreSQL connection (the libpq parameters of the same
+    names; a DSN may carry them too, these win). The password comes from
+    ``password_file`` (its whole content), else libpq's PGPASSWORD / PGPASSFILE."""
+
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        None
+    )
+    # PEM of the CA that signed the server's certificate (verify-ca / verify-full).
+    root_cert_file: Path | None = None
+    # Client certificate and key, for servers that ask for one (hostssl ... cert).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> PgvectorSecurityConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        return self
+
+
 class PgvectorConfig(_Section):
     kind: Literal["pgvector"] = "pgvector"
-    # No password here: libpq reads PGPASSWORD / PGPASSFILE from the environment.
+    # No password here: see security.password_file, or libpq's PGPASSWORD / PGPASSFILE.
     dsn: str = "host=127.0.0.1 port=15432 user=postgres dbname=streamrag"
+    security: PgvectorSecurityConfig = Field(default_factory=PgvectorSecurityConfig)
     table: str = "streamrag_chunks"
     pool_max: Annotated[int, Field(gt=0, le=64)] = 4
 
@@ -186,11 +268,20 @@ class StackConfig(_Section):
     # The server flushes the memtable into a segment by itself at this size (1 MiB: about
     # 500 chunks; 0.03 s per trim where 4 MiB took 0.09 s and 8 MiB 0.16 s).
     milvus_memtable_mb: Annotated[float, Field(gt=0, le=1024)] = 1
+    # `streamrag stack up --secure`: the broker takes only SASL_SSL (SCRAM-SHA-512 users,
+    # a certificate of the stack's own CA) and PostgreSQL only TLS; the stack writes the
+    # client config that goes with it (<work_dir>/secure.yaml, no secrets in it).
+    secure: bool = False
 
     @property
     def secrets_dir(self) -> Path:
         """Where generated secrets live (never committed): ``<work_dir>/secrets``."""
         return self.work_dir.resolve() / "secrets"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The secured stack's CA and certificates: ``<work_dir>/tls``."""
+        return self.work_dir.resolve() / "tls"
 
 
 class CdcTableConfig(_Section):

@@ -28,6 +28,7 @@ from pyflink.table import StatementSet, StreamTableEnvironment, Table
 
 from streamrag.config import PROJECT_ROOT, ConfigError, Settings, load_settings
 from streamrag.errors import UserError
+from streamrag.security import FLINK_KAFKA_SHADED, java_kafka_properties
 
 # The jobs' number of key groups: the most parallelism they can be rescaled to.
 MAX_PARALLELISM = 128
@@ -186,6 +187,17 @@ def restart_strategy(attempts: int) -> dict[str, str]:
     }
 
 
+def security_options(settings: Settings) -> str:
+    """kafka.security as options of a Kafka table (``'properties.<key>' = '<value>',``
+    lines): the password and keys as config-provider references, resolved by the client
+    in the TaskManager, so the job graph holds no secret (streamrag/security.py)."""
+    props = java_kafka_properties(settings.kafka.security, FLINK_KAFKA_SHADED)
+    return "".join(
+        f"\n          'properties.{key}' = '{value.replace(chr(39), chr(39) * 2)}',"
+        for key, value in props.items()
+    )
+
+
 def kafka_source(
     ctx: FlinkContext, settings: Settings, name: str, topics: list[str], bounded: bool
 ) -> DataStream:
@@ -205,7 +217,7 @@ def kafka_source(
         ) WITH (
           'connector' = 'kafka',
           'topic' = '{";".join(topics)}',
-          'properties.bootstrap.servers' = '{settings.kafka.bootstrap}',
+          'properties.bootstrap.servers' = '{settings.kafka.bootstrap}',{security_options(settings)}
           'properties.group.id' = '{settings.kafka.group_id}',
           'properties.auto.offset.reset' = 'earliest',
           'properties.isolation.level' = 'read_committed',
@@ -236,7 +248,7 @@ def add_kafka_sink(
         CREATE TEMPORARY TABLE {name} (k STRING, v STRING) WITH (
           'connector' = 'kafka',
           'topic' = '{topic}',
-          'properties.bootstrap.servers' = '{settings.kafka.bootstrap}',
+          'properties.bootstrap.servers' = '{settings.kafka.bootstrap}',{security_options(settings)}
           'properties.linger.ms' = '5',
           'properties.acks' = 'all',
           'sink.delivery-guarantee' = 'at-least-once',

@@ -9,9 +9,12 @@ partial log returned quietly.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka import Message as KafkaMessage
@@ -26,13 +29,56 @@ from tenacity import (
 )
 
 from streamrag.config import Settings
-from streamrag.errors import Unreachable
+from streamrag.errors import Unreachable, UserError
 from streamrag.limits import DOCUMENT_RECORD_BYTES
 from streamrag.quiet import LIBRDKAFKA
+from streamrag.security import librdkafka_config
 
 
 class KafkaUnavailable(Unreachable):
     """Kafka cannot be reached; the message is one line for the user."""
+
+
+class KafkaRefused(UserError):
+    """Kafka refused this client: its credentials, or a broker certificate it does not
+    trust. Retrying cannot help; the message is one line for the user."""
+
+
+# librdkafka's codes for "this client will never get in as it is configured".
+_REFUSED = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
+_DETAIL = re.compile(r"^\S+://\S+: |^\S+/bootstrap: | \(after \d+ms in state \w+\)$")
+
+
+def _raise_refused(settings: Settings) -> Callable[[KafkaError], None]:
+    """An error_cb that raises KafkaRefused on an authentication or TLS failure. The
+    client raises it from the next poll(), flush() or consume() (confluent-kafka passes
+    a callback's exception on), so a client that cannot get in fails at once, in one line."""
+
+    def error_cb(err: KafkaError) -> None:
+        if err.code() in _REFUSED:
+            what = _DETAIL.sub("", err.str())
+            security = settings.kafka.security
+            who = f" user {security.username}" if security.sasl else ""
+            raise KafkaRefused(f"Kafka at {settings.kafka.bootstrap} refused{who}: {what}")
+
+    return error_cb
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """The config every confluent-kafka client of the project starts from: the brokers,
+    kafka.security, and the refusal check above."""
+    config = librdkafka_config(settings.kafka.bootstrap, settings.kafka.security)
+    config["error_cb"] = _raise_refused(settings)
+    return config
+
+
+def unreachable(settings: Settings, e: KafkaException, client: Any, what: str = "") -> Exception:
+    """The error to raise when ``client`` failed with ``e``: KafkaRefused (raised from
+    here) when Kafka refused it, else KafkaUnavailable."""
+    client.poll(0.2)  # serves the error callbacks: raises KafkaRefused if refused
+    return KafkaUnavailable(
+        f"{what or f'Kafka at {settings.kafka.bootstrap} is not reachable'}: {e}"
+    )
 
 
 class TopicMissing(KafkaUnavailable):
@@ -63,11 +109,11 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
 )
 def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics of topic_configs (idempotent); returns the ones created."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap}, logger=LIBRDKAFKA)
+    admin = AdminClient(client_config(settings), logger=LIBRDKAFKA)
     try:
         existing = set(admin.list_topics(timeout=5).topics)
     except KafkaException as e:
-        raise KafkaUnavailable(f"Kafka at {settings.kafka.bootstrap} is not reachable: {e}") from e
+        raise unreachable(settings, e, admin) from e
     # Replication factor -1: the cluster's default.replication.factor (3 with
     # min.insync.replicas 2 on a 3-broker stack; producers write with acks=all).
     new = [
@@ -82,6 +128,16 @@ def ensure_topics(settings: Settings) -> list[str]:
             if "TOPIC_ALREADY_EXISTS" not in str(e):
                 raise
     return [t.topic for t in new]
+
+
+def delete_topics(settings: Settings, topics: list[str]) -> None:
+    """Delete ``topics`` where they exist (best effort: e.g. what a run made)."""
+    if not topics:
+        return
+    admin = AdminClient(client_config(settings), logger=LIBRDKAFKA)
+    for future in admin.delete_topics(topics, operation_timeout=30).values():
+        with contextlib.suppress(Exception):
+            future.result()
 
 
 @dataclass(frozen=True)
@@ -104,7 +160,7 @@ class RecordProducer:
     def __init__(self, settings: Settings) -> None:
         self._producer = Producer(
             {
-                "bootstrap.servers": settings.kafka.bootstrap,
+                **client_config(settings),
                 "enable.idempotence": True,
                 "linger.ms": 5,
                 "message.timeout.ms": 60000,
@@ -165,6 +221,7 @@ def end_offsets_of(consumer: Consumer, topic: str) -> dict[int, int]:
     try:
         return _end_offsets(consumer, topic)
     except KafkaException as e:
+        consumer.poll(0.2)  # serves the error callbacks: raises KafkaRefused if refused
         raise KafkaUnavailable(f"cannot read the end offsets of {topic}: {e}") from e
 
 
@@ -263,7 +320,7 @@ def tail(settings: Settings, topic: str, count: int, timeout_s: float = 30) -> l
 def _consumer(settings: Settings) -> Consumer:
     return Consumer(
         {
-            "bootstrap.servers": settings.kafka.bootstrap,
+            **client_config(settings),
             "enable.auto.commit": False,
             "group.id": "streamrag-log-reader",
             "auto.offset.reset": "earliest",
@@ -306,7 +363,7 @@ def partition_lag(settings: Settings, topic: str, group_id: str) -> dict[int, in
         ends = end_offsets_of(consumer, topic)
         group = Consumer(
             {
-                "bootstrap.servers": settings.kafka.bootstrap,
+                **client_config(settings),
                 "group.id": group_id,
                 "enable.auto.commit": False,
             },

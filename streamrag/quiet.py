@@ -2,8 +2,9 @@
 output unless ``--verbose``.
 
 - librdkafka's notices (e.g. "Failed to acquire idempotence PID ... Coordinator load in
-  progress" while a fresh broker elects its coordinator) go through the Python logger
-  ``streamrag.librdkafka`` (every client in streamrag.kafka passes it), kept at ERROR;
+  progress" while a fresh broker elects its coordinator) and its connection failures go
+  through the Python logger ``streamrag.librdkafka`` (every client in streamrag.kafka
+  passes it), silenced: a client that cannot connect raises the reason in one line;
 - the "Loading weights" bars of transformers and huggingface_hub are switched off by
   their environment variables, which the Flink Python workers inherit too;
 - pymilvus's warnings (e.g. "failed to get mvccTs from milvus server") and its own
@@ -42,3 +43,6 @@ def quiet_third_parties(verbose: bool = False) -> None:
 
     for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # librdkafka logs each failed connection attempt (many a second) at ERROR; the
+    # project raises the reason itself, in one line (streamrag.kafka).
+    LIBRDKAFKA.setLevel(logging.CRITICAL)

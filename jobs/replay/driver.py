@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka.admin import AdminClient
 from tqdm import tqdm
 
 from jobs.indexing.apply import PendingWrites, as_trims
@@ -36,9 +35,9 @@ from streamrag import generations as gens
 from streamrag.config import PROJECT_ROOT, MilvusConfig, Settings
 from streamrag.errors import BadRecord
 from streamrag.generations import Generation, GenerationError
-from streamrag.kafka import end_offsets, ensure_topics, read_log
+from streamrag.kafka import delete_topics, end_offsets, ensure_topics, read_log
 from streamrag.models import model_dimension, resolve_model
-from streamrag.quiet import LIBRDKAFKA
+from streamrag.security import secret_variables
 from streamrag.stores.base import VectorStore
 
 
@@ -175,10 +174,13 @@ def run_job(
     STREAMRAG_* variables of ``base_env``, default os.environ, are left out); the bar
     follows store.count(). Returns the wall time in seconds, startup included."""
     data = settings.model_dump(mode="json")
-    env = {k: v for k, v in (base_env or os.environ).items() if not k.startswith("STREAMRAG_")}
-    if isinstance(settings.store, MilvusConfig) and settings.store.token:
-        data["store"]["token"] = None  # never written to a file: passed in the environment
-        env["STREAMRAG_STORE__TOKEN"] = settings.store.token.get_secret_value()
+    # The secrets' variables stay (the file names them, never holds them).
+    keep = secret_variables(settings)
+    env = {
+        k: v
+        for k, v in (base_env or os.environ).items()
+        if not k.startswith("STREAMRAG_") or k in keep
+    }
     with tempfile.TemporaryDirectory(prefix="streamrag-replay-") as tmp:
         config, log = Path(tmp) / "settings.yaml", Path(tmp) / "job.log"
         config.write_text(yaml.safe_dump(data), encoding="utf-8")
@@ -269,11 +271,7 @@ def _last_error(log: str) -> str:
 
 def _delete_topics(settings: Settings, topics: list[str]) -> None:
     """Delete topics that this replay created (empty before it), so a re-run starts clean."""
-    if topics:
-        admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap}, logger=LIBRDKAFKA)
-        for future in admin.delete_topics(topics, operation_timeout=30).values():
-            with contextlib.suppress(Exception):
-                future.result()
+    delete_topics(settings, topics)
 
 
 def _serving_count(settings: Settings) -> int | None:

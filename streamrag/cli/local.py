@@ -10,6 +10,7 @@ import typer
 from streamrag.cli.context import settings_of
 from streamrag.local import cluster, stack
 from streamrag.local.kafka import MAX_BROKERS, bootstrap_servers
+from streamrag.local.service import show
 
 stack_app = typer.Typer(
     no_args_is_help=True, help="Local services: Kafka, Connect, PostgreSQL, Milvus Lite."
@@ -33,13 +34,25 @@ def stack_up(
             " min.insync.replicas 2 [default: stack.brokers]",
         ),
     ] = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="Kafka over SASL_SSL with SCRAM users and PostgreSQL over TLS only, with"
+            " certificates of the stack's own CA [default: stack.secure]",
+        ),
+    ] = False,
 ) -> None:
     """Start services (idempotent) and wait until they are ready."""
     settings = settings_of(ctx)
     if brokers is not None:
         settings.stack.brokers = brokers
+    settings.stack.secure = settings.stack.secure or secure
     stack.up(settings, services or None, echo=typer.echo)
-    if settings.stack.brokers > 1:
+    if settings.stack.secure:
+        path = stack.client_config(settings)
+        typer.echo(f"Clients of the secured stack: STREAMRAG_CONFIG={show(path)}")
+    elif settings.stack.brokers > 1:
         typer.echo(f"Kafka clients: STREAMRAG_KAFKA__BOOTSTRAP={bootstrap_servers(settings)}")
 
 

@@ -4,13 +4,14 @@ Maven resolved (``make jars``)."""
 from __future__ import annotations
 
 import base64
+import secrets
 import subprocess
 import uuid
 from pathlib import Path
 
 import requests
 
-from streamrag.config import Settings
+from streamrag.config import KafkaSecurityConfig, Settings
 from streamrag.local.service import (
     HOST,
     JavaService,
@@ -19,7 +20,10 @@ from streamrag.local.service import (
     port_open,
     show,
     work_dir,
+    write_private,
 )
+from streamrag.local.tls import ensure_certificates
+from streamrag.security import PROVIDER_CLASSES, java_kafka_properties, librdkafka_config
 
 POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
 
@@ -59,6 +63,43 @@ def replication(brokers: int) -> tuple[int, int]:
     three brokers on, so that one broker may die without a write being lost or refused."""
     factor = min(brokers, 3)
     return factor, max(factor - 1, 1)
+
+
+# The secured stack's SCRAM users: the brokers among themselves, and every client of the
+# project (the pipeline, the CLI, Kafka Connect).
+ADMIN_USER = "admin"
+CLIENT_USER = "streamrag"
+SCRAM = "SCRAM-SHA-512"
+
+
+def password_file(settings: Settings, user: str) -> Path:
+    return settings.stack.secrets_dir / f"kafka-{user}.password"
+
+
+def _password(settings: Settings, user: str) -> str:
+    path = password_file(settings, user)
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(24))  # no newline: see streamrag.security
+    return path.read_text(encoding="utf-8")
+
+
+def client_security(settings: Settings) -> KafkaSecurityConfig:
+    """How a client connects to this stack: plaintext, or with --secure SASL_SSL as user
+    streamrag (password and CA from the work directory)."""
+    if not settings.stack.secure:
+        return KafkaSecurityConfig()
+    return KafkaSecurityConfig(
+        protocol="SASL_SSL",
+        sasl_mechanism=SCRAM,
+        username=CLIENT_USER,
+        password_file=password_file(settings, CLIENT_USER),
+        ca_file=settings.stack.tls_dir / "ca.crt",
+    )
+
+
+def secure_marker(settings: Settings) -> Path:
+    """Present when the stack's Kafka data was formatted with SCRAM users (--secure)."""
+    return work_dir(settings) / "kafka" / "secure"
 
 
 class Kafka(JavaService):
@@ -106,16 +147,18 @@ class Kafka(JavaService):
             )
             quorum = {"controller.quorum.voters": voters}
         data = self.home / "data"
+        listener = "SASL_SSL" if self.settings.stack.secure else "PLAINTEXT"
         self.write_config(
             {
                 "process.roles": "broker,controller",
                 "node.id": self.node,
                 **quorum,
-                "listeners": f"PLAINTEXT://{HOST}:{broker},CONTROLLER://{HOST}:{controller}",
-                "advertised.listeners": f"PLAINTEXT://{HOST}:{broker},CONTROLLER://{HOST}:{controller}",
+                "listeners": f"{listener}://{HOST}:{broker},CONTROLLER://{HOST}:{controller}",
+                "advertised.listeners": f"{listener}://{HOST}:{broker},CONTROLLER://{HOST}:{controller}",
                 "controller.listener.names": "CONTROLLER",
-                "inter.broker.listener.name": "PLAINTEXT",
-                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "inter.broker.listener.name": listener,
+                "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{listener}:{listener}",
+                **self._security(),
                 "log.dirs": data,
                 "num.partitions": self.settings.kafka.partitions,
                 "auto.create.topics.enable": "true",
@@ -132,7 +175,14 @@ class Kafka(JavaService):
                 "group.initial.rebalance.delay.ms": 0,
             }
         )  # fmt: skip
+        secure = self.settings.stack.secure
         if (data / "meta.properties").exists():
+            if secure_marker(self.settings).exists() != secure:
+                was = "secured (--secure)" if not secure else "plaintext"
+                raise StackError(
+                    f"the Kafka data in {show(self.work / 'kafka')} is of a {was} stack: start"
+                    " it the same way, or use another work directory (STREAMRAG_STACK__WORK_DIR)"
+                )
             formatted = formatted_brokers(self.settings) or 1
             if formatted != brokers:
                 raise StackError(
@@ -143,8 +193,12 @@ class Kafka(JavaService):
             return
         data.mkdir(parents=True, exist_ok=True)
         standalone = ["--standalone"] if brokers == 1 else []
+        users = []
+        for user in (ADMIN_USER, CLIENT_USER) if secure else ():
+            password = _password(self.settings, user)
+            users += ["--add-scram", f"{SCRAM}=[name={user},password={password}]"]
         cmd = self.java_command(
-            "kafka.tools.StorageTool", "format", *standalone,
+            "kafka.tools.StorageTool", "format", *standalone, *users,
             "-t", self._cluster_id(), "-c", str(self.properties),
         )  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -154,13 +208,45 @@ class Kafka(JavaService):
             raise StackError(f"formatting kafka storage failed; see {show(self.log)}")
         if self.node == 1:
             brokers_file(self.settings).write_text(f"{brokers}\n")
+            if secure:
+                secure_marker(self.settings).write_text("SASL_SSL, SCRAM-SHA-512\n")
+
+    def _security(self) -> dict[str, str]:
+        """With --secure: TLS with the stack's certificate and SCRAM logins; the brokers
+        talk to each other as user admin, whose password the file provider reads."""
+        if not self.settings.stack.secure:
+            return {}
+        certs = ensure_certificates(self.settings.stack.tls_dir)
+        _password(self.settings, ADMIN_USER)
+        _password(self.settings, CLIENT_USER)
+        admin = KafkaSecurityConfig(
+            protocol="SASL_SSL",
+            sasl_mechanism=SCRAM,
+            username=ADMIN_USER,
+            password_file=password_file(self.settings, ADMIN_USER),
+        )
+        client = java_kafka_properties(admin)
+        return {
+            "sasl.enabled.mechanisms": SCRAM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM,
+            f"listener.name.sasl_ssl.{SCRAM.lower()}.sasl.jaas.config": client["sasl.jaas.config"],
+            "config.providers": client["config.providers"],
+            "config.providers.dir.class": client["config.providers.dir.class"],
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(certs.server_pem),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(certs.ca),
+            "ssl.endpoint.identification.algorithm": "https",
+        }
 
     def ready(self) -> bool:
         if not port_open(self.ports[0]):
             return False
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.address, "log_level": 0})
+        security = client_security(self.settings)
+        config = {**librdkafka_config(self.address, security), "log_level": 0}
+        admin = AdminClient(config)
         try:
             return bool(admin.list_topics(timeout=3).brokers)
         except Exception:
@@ -215,13 +301,31 @@ class Connect(JavaService):
                 "plugin.path": plugins,
                 # Debezium ships ServiceLoader manifests: skip the slow reflective scan.
                 "plugin.discovery": "service_load",
-                "config.providers": "file,env",
-                "config.providers.file.class":
-                    "org.apache.kafka.common.config.provider.FileConfigProvider",
-                "config.providers.env.class":
-                    "org.apache.kafka.common.config.provider.EnvVarConfigProvider",
+                **self._security(),
             }
         )  # fmt: skip
+
+    def _security(self) -> dict[str, str]:
+        """Config providers (connector configs name their passwords by file or variable),
+        and with --secure the worker's clients (its own and its connectors': producer.,
+        consumer., admin.) as user streamrag over SASL_SSL."""
+        props = java_kafka_properties(client_security(self.settings))
+        providers = {"file", "env", *props.pop("config.providers", "").split(",")} - {""}
+        for key in [k for k in props if k.startswith("config.providers.")]:
+            del props[key]
+        clients = {
+            f"{prefix}{k}": v
+            for prefix in ("", "producer.", "consumer.", "admin.")
+            for k, v in props.items()
+        }
+        return {
+            **clients,
+            "config.providers": ",".join(sorted(providers)),
+            **{
+                f"config.providers.{name}.class": PROVIDER_CLASSES[name]
+                for name in sorted(providers)
+            },
+        }
 
     def ready(self) -> bool:
         try:

@@ -23,12 +23,21 @@ from datetime import datetime
 from pathlib import Path
 
 import psutil
+import yaml
+from psycopg.conninfo import make_conninfo
 
 from streamrag.config import Settings
-from streamrag.local.kafka import Connect, Kafka, formatted_brokers
+from streamrag.local.kafka import (
+    Connect,
+    Kafka,
+    bootstrap_servers,
+    client_security,
+    formatted_brokers,
+)
 from streamrag.local.milvus import Milvus
-from streamrag.local.postgres import Postgres
+from streamrag.local.postgres import PG_DATABASE, PG_USER, Postgres, PostgresTls
 from streamrag.local.service import (
+    HOST,
     JavaService,
     Service,
     StackError,
@@ -51,7 +60,9 @@ __all__ = [
 ]
 
 # In start order: a service's needs come before it.
-SERVICES: dict[str, type[Service]] = {cls.name: cls for cls in (Postgres, Kafka, Connect, Milvus)}
+SERVICES: dict[str, type[Service]] = {
+    cls.name: cls for cls in (Postgres, PostgresTls, Kafka, Connect, Milvus)
+}
 SERVICE_NAMES: tuple[str, ...] = tuple(SERVICES)
 
 
@@ -60,6 +71,8 @@ def _instances(settings: Settings, brokers: int | None = None) -> dict[str, Serv
     broker (kafka, kafka-2, ...)."""
     out: dict[str, Service] = {}
     for name, cls in SERVICES.items():
+        if cls is PostgresTls and not settings.stack.secure:
+            continue  # only the secured stack has it
         if cls is Kafka:
             for node in range(1, (brokers or settings.stack.brokers) + 1):
                 broker = Kafka(settings, node)
@@ -255,6 +268,8 @@ def _selected(services: list[str] | None) -> list[str]:
         raise StackError(f"unknown service {unknown[0]!r} (choose from {', '.join(SERVICE_NAMES)})")
     for name in list(wanted):  # add what they need (one level is enough here)
         wanted.update(SERVICES[name].needs)
+    if "postgres" in wanted:  # its TLS door on the secured stack (else not started)
+        wanted.add(PostgresTls.name)
     return [name for name in SERVICE_NAMES if name in wanted]
 
 
@@ -312,6 +327,40 @@ def up(
                 how = "started in" if svc.name in fresh else "already running, ready in"
                 say(f"{svc.name:<9} {how} {spent[svc.name]:.1f} s  {svc.address}  pid {pid}")
     return spent
+
+
+def client_config(settings: Settings) -> Path:
+    """Write ``<work_dir>/secure.yaml``: how clients connect to the secured stack (Kafka
+    over SASL_SSL as user streamrag, pgvector over TLS), naming the files that hold the
+    secrets, never the secrets. Milvus Lite has no TLS: it listens on 127.0.0.1 only."""
+    security = client_security(settings)
+    config = {
+        "stack": settings.stack.model_dump(mode="json", include={"work_dir", "secure"}),
+        "kafka": {
+            "bootstrap": bootstrap_servers(settings),
+            "security": security.model_dump(mode="json", exclude_none=True),
+        },
+        "store": {
+            "kind": "pgvector",
+            "dsn": make_conninfo(
+                host=HOST, port=settings.stack.postgres_port, user=PG_USER, dbname=PG_DATABASE
+            ),
+            "security": {
+                "sslmode": "verify-full",
+                "root_cert_file": str(settings.stack.tls_dir / "ca.crt"),
+                "password_file": str(settings.stack.secrets_dir / "postgres.password"),
+            },
+        },
+    }
+    ports = settings.stack.model_dump(mode="json", exclude_defaults=True)
+    config["stack"].update({k: v for k, v in ports.items() if k.endswith("_port")})
+    path = work_dir(settings) / "secure.yaml"
+    header = (
+        "# Written by `streamrag stack up --secure`: the clients of the secured stack use it"
+        " (STREAMRAG_CONFIG). No secrets: it names the files that hold them.\n"
+    )
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def down(settings: Settings, *, echo: Callable[[str], None] | None = None) -> None:

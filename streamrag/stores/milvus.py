@@ -32,6 +32,7 @@ from tenacity import (
 from streamrag.config import MilvusConfig
 from streamrag.errors import classify
 from streamrag.records import EmbeddingRecord
+from streamrag.security import milvus_client_kwargs
 from streamrag.stores.base import (
     MAX_DOCUMENT_CHUNKS,
     Filters,
@@ -88,9 +89,8 @@ class MilvusStore:
         # The collection's description, which a column-wise write is checked against:
         # read once, not on every write; forgotten before a retry (reload).
         self._described: dict[str, Any] | None = None
-        token = config.token.get_secret_value() if config.token else ""
         try:
-            self._client = _connect(config.uri, token)
+            self._client = _connect(config)
         except Exception as e:  # pymilvus raises several types for "cannot connect"
             raise StoreUnreachable(
                 f"cannot reach Milvus at {config.uri}: {e}".splitlines()[0]
@@ -327,11 +327,11 @@ class MilvusStore:
 
 
 @transient
-def _connect(uri: str, token: str) -> MilvusClient:
+def _connect(config: MilvusConfig) -> MilvusClient:
     # pymilvus shares one connection per (uri, token) by default and close() removes it
     # for every client: one store's close() would cut off the others in this process
     # (a generation opened during a replay, a Retriever, the index writer).
-    return MilvusClient(uri=uri, token=token, alias=f"streamrag-{uuid.uuid4().hex}")
+    return MilvusClient(**milvus_client_kwargs(config), alias=f"streamrag-{uuid.uuid4().hex}")
 
 
 def _ids_filter(chunk_ids: Sequence[str]) -> str:

@@ -31,7 +31,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.adapt import PyFormat
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -45,6 +45,7 @@ from tenacity import (
 
 from streamrag.config import PgvectorConfig
 from streamrag.records import EmbeddingRecord
+from streamrag.security import pg_connect_kwargs
 from streamrag.stores.base import (
     MAX_DOCUMENT_CHUNKS,
     Filters,
@@ -363,11 +364,12 @@ def open_pool(config: PgvectorConfig, name: str) -> ConnectionPool[Connection]:
     """A connection pool, opened once PostgreSQL answers (one-line StoreError if not)."""
     try:
         params = conninfo_to_dict(config.dsn)
+        conninfo = make_conninfo(config.dsn, **pg_connect_kwargs(config))
     except psycopg.Error as e:
         raise StoreError(f"invalid PostgreSQL dsn: {e}".splitlines()[0]) from e
     where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
     pool: ConnectionPool[Connection] = ConnectionPool(
-        config.dsn,
+        conninfo,
         min_size=1,
         max_size=config.pool_max,
         kwargs={"connect_timeout": 10},
@@ -377,16 +379,47 @@ def open_pool(config: PgvectorConfig, name: str) -> ConnectionPool[Connection]:
         name=f"streamrag-{name}",
     )
     try:
-        _probe(config.dsn)  # retried with backoff for ~20 s, and tells why it failed
+        _probe(conninfo)  # retried with backoff for ~20 s, and tells why it failed
         pool.open(wait=True, timeout=20)
     except psycopg.Error as e:
         pool.close()
-        raise StoreUnreachable(f"cannot reach PostgreSQL at {where}: {e}".splitlines()[0]) from e
+        if refused(e):
+            raise StoreError(f"PostgreSQL at {where} refused the connection: {_first(e)}") from e
+        raise StoreUnreachable(f"cannot reach PostgreSQL at {where}: {_first(e)}") from e
     return pool
 
 
+# Wrong credentials or an untrusted certificate: retrying cannot help.
+_REFUSALS = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "certificate verify failed",
+    "SSL error",
+    "TLS is required",  # the secured local stack's TLS door (streamrag/local/pgtls.py)
+)
+
+
+def refused(e: BaseException) -> bool:
+    """Whether PostgreSQL (or its TLS) refused this client, rather than being away."""
+    return isinstance(e, psycopg.OperationalError) and (
+        getattr(e, "sqlstate", None) in ("28P01", "28000")
+        or any(text in str(e) for text in _REFUSALS)
+    )
+
+
+def _first(e: BaseException) -> str:
+    """The line of a libpq error that says what happened (it adds the address first)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    detail = [ln for ln in lines if "FATAL:" in ln or "SSL" in ln]
+    return (detail or lines or [type(e).__name__])[0]
+
+
 @retry(
-    retry=retry_if_exception_type(psycopg.OperationalError),
+    retry=lambda state: (
+        state.outcome is not None
+        and isinstance(state.outcome.exception(), psycopg.OperationalError)
+        and not refused(state.outcome.exception())
+    ),
     reraise=True,
     wait=wait_exponential(multiplier=0.2, max=3),
     stop=stop_after_delay(20),

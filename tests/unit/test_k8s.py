@@ -15,7 +15,9 @@ def test_the_configmap_holds_a_valid_streamrag_config(tmp_path):
     settings = load_settings(config_file)
 
     assert isinstance(settings.store, MilvusConfig)
-    assert settings.kafka.bootstrap.endswith(":9092")
+    # The secured cluster's TLS listener (k8s/strimzi; tests/unit/test_k8s_security.py).
+    assert settings.kafka.bootstrap.endswith(":9093")
+    assert settings.kafka.security.protocol == "SASL_SSL"
 
 
 def test_the_flink_deployment_runs_the_ingest_job_with_that_config():

@@ -107,13 +107,16 @@ def test_every_path_the_ingest_job_uses_is_made_by_the_containerfile(settings: S
     deployment = yaml.safe_load((K8S / "flinkdeployment.yaml").read_text())
     spec = deployment["spec"]
     container = spec["podTemplate"]["spec"]["containers"][0]
+    # Secrets are mounted read-only where the image has nothing (the kubelet makes the
+    # folder): the Kafka user's password and CA (tests/unit/test_k8s_security.py).
+    secrets = {v["name"] for v in spec["podTemplate"]["spec"]["volumes"] if "secret" in v}
     paths = [
         spec["job"]["jarURI"].removeprefix("local://"),
         spec["job"]["args"][1],  # -py
         spec["flinkConfiguration"]["python.client.executable"],
         spec["flinkConfiguration"]["python.executable"],
         str(settings.flink.jars_dir),
-        *[m["mountPath"] for m in container["volumeMounts"]],
+        *[m["mountPath"] for m in container["volumeMounts"] if m["name"] not in secrets],
     ]
     plugins = {e["name"]: e.get("value") for e in container["env"]}["ENABLE_BUILT_IN_PLUGINS"]
 

@@ -30,9 +30,14 @@ def one(name: str, kind: str) -> dict[str, Any]:
     return found
 
 
+def config_text(name: str) -> str:
+    text: str = one(name, "ConfigMap")["data"]["streamrag.yaml"]
+    return text
+
+
 def settings_of(name: str, tmp_path: Path) -> Settings:
     path = tmp_path / name.replace("/", "-")
-    path.write_text(one(name, "ConfigMap")["data"]["streamrag.yaml"])
+    path.write_text(config_text(name))
     return load_settings(path)
 
 
@@ -85,19 +90,31 @@ def test_milvus_is_the_helm_release_the_config_names_with_auth_on(tmp_path: Path
     }
     assert extra["MINIO_SECRETACCESSKEY"]["valueFrom"]["secretKeyRef"]["name"] == minio_secret
     assert "secretKeyRef" in extra["COMMON_SECURITY_DEFAULTROOTPASSWORD"]["valueFrom"]
-    assert store.token is None  # the token comes from the environment (a Secret)
+    # The token comes from the environment (a Secret): no file, no literal in the config.
+    assert store.security.token_file is None
+    assert not re.search(r"^\s*token\s*:", config_text("configmap.yaml"), re.MULTILINE)
 
 
-def test_the_job_and_the_service_get_the_milvus_token_from_a_secret():
+def test_the_job_and_the_service_get_the_milvus_token_from_a_secret(tmp_path: Path):
+    store = settings_of("configmap.yaml", tmp_path).store
+    assert isinstance(store, MilvusConfig)
     job = one("flinkdeployment.yaml", "FlinkDeployment")["spec"]["podTemplate"]["spec"]
     service = one("retrieval.yaml", "Deployment")["spec"]["template"]["spec"]
     for container in (job["containers"][0], service["containers"][0]):
         env = env_of(container)
-        # STREAMRAG_<SECTION>__<KEY> overrides store.token (streamrag/config.py).
-        assert "valueFrom" in env["STREAMRAG_STORE__TOKEN"]
-        assert env["STREAMRAG_STORE__TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "milvus-token"
+        # The variable that store.security.token_env names (streamrag/security.py).
+        token = env[store.security.token_env]
+        assert store.security.token_env == "STREAMRAG_MILVUS_TOKEN"
+        assert token["valueFrom"]["secretKeyRef"] == {
+            "name": "streamrag-secrets",
+            "key": "milvus-token",
+            "optional": True,
+        }
+        assert "value" not in token
+        # The old override of store.token, a field no more: the config would refuse it.
+        assert "STREAMRAG_STORE__TOKEN" not in env
         assert "valueFrom" in env["PGPASSWORD"]
-    assert "token" in MilvusConfig.model_fields
+    assert "token" not in MilvusConfig.model_fields
 
 
 # pgvector
@@ -213,6 +230,10 @@ def test_the_api_tokens_come_from_a_mounted_secret_never_from_the_config():
 def test_every_secret_the_manifests_read_is_one_the_guide_creates():
     readme = (PROJECT_ROOT / "README.md").read_text()
     guide = readme[readme.index("## Deploying on Kubernetes") : readme.index("## Configuration")]
+    # And the copies into namespace streamrag of the Secrets Strimzi makes (the Kafka
+    # user's password, the cluster CA's certificate) that k8s/strimzi/users.yaml documents.
+    users = (K8S / "strimzi" / "users.yaml").read_text()
+    guide += re.sub(r"\s*\\\n#\s*", " ", users)
     created = {
         (name, key)
         for name, keys in re.findall(

@@ -29,6 +29,7 @@ API = "kafka.strimzi.io/v1"
 # loopback values there); every other key must be the file's own.
 DEPLOYMENT_KEYS = {
     "database.hostname",
+    "database.sslmode",
     "database.port",
     "database.password",
     "table.include.list",
@@ -58,11 +59,12 @@ def k8s_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 def test_every_resource_is_a_strimzi_resource_of_one_cluster():
     kafka = one("kafka.yaml", "Kafka")
-    for name in ("kafka.yaml", "topics.yaml", "connect.yaml"):  # connect-rbac.yaml: RBAC
+    for name in ("kafka.yaml", "topics.yaml", "users.yaml", "connect.yaml"):  # not RBAC
         for doc in resources(name):
             assert doc["apiVersion"] == API
             assert doc["metadata"]["namespace"] == kafka["metadata"]["namespace"]
-    for doc in [*resources("topics.yaml"), one("kafka.yaml", "KafkaNodePool")]:
+    labelled = [*resources("topics.yaml"), *resources("users.yaml")]
+    for doc in [*labelled, one("kafka.yaml", "KafkaNodePool")]:
         assert doc["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
 
 
@@ -78,13 +80,21 @@ def test_the_cluster_is_kraft_with_node_pools_and_three_replicas():
     assert kafka["spec"]["kafka"]["version"] == jvm_pins()["kafka"]
 
 
-def test_the_job_bootstraps_from_the_clusters_plain_listener(k8s_settings: Settings):
+def test_the_job_bootstraps_from_the_listener_of_its_security(k8s_settings: Settings):
     kafka = one("kafka.yaml", "Kafka")
-    plain = [lst for lst in kafka["spec"]["kafka"]["listeners"] if not lst["tls"]]
+    security = k8s_settings.kafka.security
     meta = kafka["metadata"]
-    assert k8s_settings.kafka.bootstrap == (
-        f"{meta['name']}-kafka-bootstrap.{meta['namespace']}:{plain[0]['port']}"
-    )
+    (listener,) = [
+        lst
+        for lst in kafka["spec"]["kafka"]["listeners"]
+        if k8s_settings.kafka.bootstrap
+        == f"{meta['name']}-kafka-bootstrap.{meta['namespace']}:{lst['port']}"
+    ]
+
+    # TLS on both sides, and SCRAM-SHA-512 the listener's authentication and the client's.
+    assert listener["tls"] is security.tls is True
+    assert listener["authentication"]["type"] == "scram-sha-512"
+    assert security.sasl and security.sasl_mechanism == "SCRAM-SHA-512"
 
 
 def test_the_topics_are_those_of_topics_create_with_the_same_settings(k8s_settings: Settings):
@@ -159,6 +169,8 @@ def test_the_connector_is_the_connector_file_with_this_deployments_values(
     assert connector["metadata"]["labels"]["strimzi.io/cluster"] == connect["metadata"]["name"]
     assert spec["class"] == file_config.pop("connector.class")
     assert str(spec["tasksMax"]) == file_config.pop("tasks.max")
+    # The secured local stack's CA: empty elsewhere, so left out (connect/registry.py).
+    assert file_config.pop("database.sslrootcert") == "${STREAMRAG_PG_SSLROOTCERT}"
     assert set(spec["config"]) == set(file_config)
     for key, value in file_config.items():
         if key not in DEPLOYMENT_KEYS:
