@@ -72,13 +72,11 @@ def client_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def unreachable(settings: Settings, e: KafkaException, client: Any, what: str = "") -> Exception:
-    """The error to raise when ``client`` failed with ``e``: KafkaRefused (raised from
-    here) when Kafka refused it, else KafkaUnavailable."""
+def refused_or_unreachable(settings: Settings, e: KafkaException, client: Any) -> Exception:
+    """What to raise when ``client`` failed with ``e``: KafkaRefused (raised from here,
+    by the error callback) when Kafka refused it, else KafkaUnavailable."""
     client.poll(0.2)  # serves the error callbacks: raises KafkaRefused if refused
-    return KafkaUnavailable(
-        f"{what or f'Kafka at {settings.kafka.bootstrap} is not reachable'}: {e}"
-    )
+    return KafkaUnavailable(f"Kafka at {settings.kafka.bootstrap} is not reachable: {e}")
 
 
 class TopicMissing(KafkaUnavailable):
@@ -113,7 +111,7 @@ def ensure_topics(settings: Settings) -> list[str]:
     try:
         existing = set(admin.list_topics(timeout=5).topics)
     except KafkaException as e:
-        raise unreachable(settings, e, admin) from e
+        raise refused_or_unreachable(settings, e, admin) from e
     # Replication factor -1: the cluster's default.replication.factor (3 with
     # min.insync.replicas 2 on a 3-broker stack; producers write with acks=all).
     new = [

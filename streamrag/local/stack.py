@@ -18,6 +18,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
@@ -231,10 +232,13 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return True
 
 
-def _stop(svc: Service, pid: int, timeout: float = STOP_TIMEOUT) -> None:
+def _stop(svc: Service, pid: int, timeout: float = STOP_TIMEOUT, graceful: bool = True) -> None:
     """Graceful stop, then SIGKILL to the whole process group (its own session)."""
+    if not graceful:
+        timeout = 0
     with suppress(OSError, subprocess.SubprocessError):
-        svc.graceful_stop(pid)
+        if graceful:
+            svc.graceful_stop(pid)
     if not _wait_gone(pid, timeout):
         try:
             os.killpg(pid, signal.SIGKILL)  # started with start_new_session: pgid == pid
@@ -363,18 +367,33 @@ def client_config(settings: Settings) -> Path:
     return path
 
 
-def down(settings: Settings, *, echo: Callable[[str], None] | None = None) -> None:
-    """Stop every service of the stack (reverse start order); no process of ours is left."""
+def down(
+    settings: Settings, *, echo: Callable[[str], None] | None = None, graceful: bool = True
+) -> None:
+    """Stop every service of the stack (reverse start order); no process of ours is left.
+    ``graceful=False`` kills them at once: for a throwaway stack (tests), whose data may
+    be left unusable."""
     say = echo or (lambda _msg: None)
+
+    def stop(svc: Service) -> bool:
+        stopped = 0
+        while (pid := _find_pid(svc)) is not None:
+            if stopped == 3:
+                raise StackError(f"cannot stop {svc.name} (pid {pid}); see {show(svc.log)}")
+            _stop(svc, pid, graceful=graceful)
+            stopped += 1
+        return stopped > 0
+
     with _lock(settings):
-        for name, svc in reversed(_known(settings).items()):
-            stopped = 0
-            while (pid := _find_pid(svc)) is not None:
-                if stopped == 3:
-                    raise StackError(f"cannot stop {name} (pid {pid}); see {show(svc.log)}")
-                _stop(svc, pid)
-                stopped += 1
-            say(f"{name:<9} {'stopped' if stopped else 'not running'}")
+        known = _known(settings)
+        # The processes of one kind stop together: the last brokers of a quorum would
+        # otherwise each wait for the ones already gone (up to STOP_TIMEOUT apiece).
+        for kind in reversed(SERVICE_NAMES):
+            group = [svc for svc in known.values() if type(svc).name == kind]
+            with ThreadPoolExecutor(max_workers=max(len(group), 1)) as pool:
+                results = list(pool.map(stop, group))
+            for svc, stopped in zip(group, results, strict=True):
+                say(f"{svc.name:<9} {'stopped' if stopped else 'not running'}")
 
 
 def _probe(svc: Service) -> bool:

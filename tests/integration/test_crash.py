@@ -295,6 +295,9 @@ def embedded_per_chunk(settings: Settings) -> dict[str, int]:
     return counts
 
 
+# One store: the batch waits in Flink state before any write, whatever the store
+# (crashes during the stores' writes: the test above, and tests/integration/test_faults.py).
+@pytest.mark.parametrize("pipeline", ["pgvector"], indirect=True)
 def test_a_crash_while_a_cross_document_batch_waits_loses_and_duplicates_nothing(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ):

@@ -98,7 +98,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
         finally:
             with contextlib.suppress(cluster.ClusterError):
                 cluster.down(settings)
-            stack.down(settings)
+            stack.down(settings, graceful=False)  # throwaway
 
 
 def fault_pipeline(fs: FaultStack, store_kind: str, parallelism: int) -> Pipeline:

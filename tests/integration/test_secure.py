@@ -128,7 +128,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             time.sleep(0.5)
         yield secured
     finally:
-        stack.down(settings)
+        stack.down(settings, graceful=False)  # throwaway
         for group in secured.groups if "secured" in locals() else []:
             with contextlib.suppress(Exception):
                 shutil.rmtree(
