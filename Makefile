@@ -43,7 +43,7 @@ demo: stack-up
 	$(CLI) demo
 
 test: stack-up
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=25 tests
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
