@@ -147,6 +147,9 @@ class HashingEncoder:
         return out
 
 
+_RECENT = 512  # texts whose word pieces a ModelTokenizer keeps
+
+
 class ModelTokenizer:
     """The model's own tokenizer, without torch: the hard limit on a chunk's length
     (DESIGN.md invariant 6) and the judge of text the model cannot read."""
@@ -163,30 +166,42 @@ class ModelTokenizer:
         self._unknown_id = self._tokenizer.token_to_id(unk) if unk else None
         # [CLS] ... [SEP] and the like: as many for any single text.
         self._special = len(self._tokenizer.encode("").ids)
-        # The chunker asks fits() and then unknown_share() of the same texts: one encode.
+        # The chunker asks fit_all() and then unknown_shares() of the same texts: one encode.
         self._recent: OrderedDict[str, list[int]] = OrderedDict()
 
     def fits(self, text: str) -> bool:
         """True when the model keeps all of ``text`` (special tokens included)."""
-        return len(self._pieces(text)) + self._special <= self.max_length
+        return self.fit_all([text])[0]
+
+    def fit_all(self, texts: list[str]) -> list[bool]:
+        """``fits`` of each of ``texts``, tokenized in one batch."""
+        return [len(ids) + self._special <= self.max_length for ids in self._pieces(texts)]
 
     def unknown_share(self, text: str) -> float:
         """The share of ``text``'s word pieces that the model only knows as unknown
         (``[UNK]``): a run of symbols it has no pieces for, or a word too long to split.
         Such text embeds to the same vector whatever it says."""
-        ids = self._pieces(text)
-        if not ids or self._unknown_id is None:
-            return 0.0
-        return ids.count(self._unknown_id) / len(ids)
+        return self.unknown_shares([text])[0]
 
-    def _pieces(self, text: str) -> list[int]:
-        ids = self._recent.get(text)
-        if ids is None:
-            ids = self._tokenizer.encode(text, add_special_tokens=False).ids
-            self._recent[text] = ids
-            if len(self._recent) > 256:
+    def unknown_shares(self, texts: list[str]) -> list[float]:
+        """``unknown_share`` of each of ``texts``, tokenized in one batch."""
+        unknown = self._unknown_id
+        if unknown is None:
+            return [0.0] * len(texts)
+        return [ids.count(unknown) / len(ids) if ids else 0.0 for ids in self._pieces(texts)]
+
+    def _pieces(self, texts: list[str]) -> list[list[int]]:
+        """Word pieces of each text; those not among the recent ones in one batch (the
+        tokenizer's Rust side splits a batch over the cores)."""
+        known = {t: self._recent[t] for t in texts if t in self._recent}
+        new = [t for t in dict.fromkeys(texts) if t not in known]
+        if new:
+            encoded = self._tokenizer.encode_batch_fast(new, add_special_tokens=False)
+            for text, encoding in zip(new, encoded, strict=True):
+                known[text] = self._recent[text] = encoding.ids
+            while len(self._recent) > _RECENT:
                 self._recent.popitem(last=False)
-        return ids
+        return [known[t] for t in texts]
 
 
 class Encoder(Protocol):

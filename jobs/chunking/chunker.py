@@ -29,9 +29,10 @@ from __future__ import annotations
 import zlib
 from bisect import bisect_right
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache
-from itertools import accumulate
+from typing import Any
 
 import numpy as np
 import tiktoken
@@ -41,8 +42,15 @@ from jobs.chunking.blocks import Block, Cleaned
 # Break priorities of a token boundary. NEVER is used only when nothing else is in reach.
 SECTION, BLOCK, LINE, SENTENCE, SPACE, TOKEN, NEVER = 6, 5, 4, 3, 2, 1, -1
 _SHRINK = 0.8  # window factor when the model's tokenizer says a chunk is too long
+_PLAN_FIRST, _PLAN_MOST = 8, 64  # chunks checked in one batch: at first, at most
 ANCHOR_EVERY = 3  # about one boundary in three is an anchor
 PATH_SEPARATOR = " > "
+# Block kinds and characters as numbers, for ranking every boundary at once.
+_TEXT, _HEADING, _CODE = 0, 1, 2
+_KINDS = {"heading": _HEADING, "code": _CODE}
+_NEWLINE, _SPACE = ord("\n"), ord(" ")
+IntArray = np.ndarray[Any, np.dtype[np.int64]]
+_SENTENCE_ENDS = np.asarray([ord(c) for c in ".!?"], np.uint32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +77,24 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     return tiktoken.get_encoding(name)
 
 
+@cache
+def _token_sizes(encoding: tiktoken.Encoding) -> IntArray:
+    """Bytes of every token of ``encoding`` (0 for ids it does not use), looked up once."""
+    sizes = np.zeros(encoding.n_vocab, np.int64)
+    for token in range(encoding.n_vocab):
+        with suppress(KeyError):  # a gap in the ids (cl100k_base has some)
+            sizes[token] = len(encoding.decode_single_token_bytes(token))
+    return sizes
+
+
 def token_starts(encoding: tiktoken.Encoding, tokens: list[int], text: str) -> list[int]:
     """The character where each of ``tokens`` (``text`` encoded) starts: what tiktoken's
     ``decode_with_offsets`` returns (a token that starts inside a character starts at
     that character), without its Python loop over every byte (a fifth of chunking)."""
     if not tokens:
         return []
-    sizes = map(len, encoding.decode_tokens_bytes(tokens))
-    byte_starts = np.fromiter(accumulate(sizes, initial=0), np.int64, len(tokens) + 1)[:-1]
+    sizes = _token_sizes(encoding)[np.asarray(tokens, np.int64)]
+    byte_starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     if text.isascii():
         return byte_starts.tolist()  # type: ignore[no-any-return]
     raw = np.frombuffer(text.encode("utf-8"), np.uint8)
@@ -84,8 +102,9 @@ def token_starts(encoding: tiktoken.Encoding, tokens: list[int], text: str) -> l
     return char_of_byte[byte_starts].tolist()  # type: ignore[no-any-return]
 
 
-# fits_model(chunk text, heading path) -> does the model keep all of what it is given?
-FitsModel = Callable[[str, str], bool]
+# fits_model([(chunk text, heading path), ...]) -> for each: does the model keep all of
+# what it is given? Asked of many chunks at once: the model's tokenizer works in batches.
+FitsModel = Callable[[list[tuple[str, str]]], list[bool]]
 
 
 class Chunker:
@@ -105,7 +124,7 @@ class Chunker:
         self.max_tokens = max_tokens
         self.overlap_tokens = overlap_tokens
         self.min_section_tokens = min(min_section_tokens, max_tokens // 2)
-        self._fits_model = fits_model or (lambda _text, _path: True)
+        self._fits_model = fits_model or (lambda chunks: [True] * len(chunks))
 
     def count_tokens(self, text: str) -> int:
         return len(self._enc.encode_ordinary(text))
@@ -120,28 +139,64 @@ class Chunker:
         layout = _Layout(text, cleaned.blocks, bounds)
         spans: list[Span] = []
         i, n, j = 0, len(tokens), 0
+        size = _PLAN_FIRST
         while i < n:
-            j = self._chunk_end(layout, i, after=j)
-            span = layout.span(bounds[i], bounds[j])
-            if span and (not spans or span.end > spans[-1].end):  # else inside the last one
-                spans.append(span)
-            forced = j >= n or layout.priority[j] == SECTION
-            i = max(i + 1, j - (0 if forced else self.overlap_tokens))
+            # Plan up to ``size`` chunks as if each fitted at its first try, check them in
+            # one batch, keep them up to the first that does not fit and settle that one
+            # with shorter tries: the same chunks as trying one chunk at a time, with one
+            # call to the model's tokenizer per plan. Plans grow while every chunk fits
+            # and shrink to one at a misfit (text the model splits finer than tiktoken).
+            plan = self._plan(layout, i, after=j, size=size)
+            size = min(2 * size, _PLAN_MOST)
+            for (start, end, span), fits in zip(plan, self._fit_all(plan), strict=True):
+                if not fits:
+                    end = self._shorter(layout, start, after=j, tried=end)
+                    span = layout.span(bounds[start], bounds[end])
+                if span and (not spans or span.end > spans[-1].end):  # else inside the last
+                    spans.append(span)
+                i, j = self._next_start(layout, start, end), end
+                if not fits:
+                    size = 1
+                    break
         return spans
 
-    def _chunk_end(self, layout: _Layout, i: int, after: int) -> int:
-        """End (token index) of the chunk that starts at token ``i``: past ``after`` (the
-        previous chunk's end, so that with overlap no chunk lies inside the one before)
-        and, re-counted as text, within both budgets."""
+    def _plan(
+        self, layout: _Layout, i: int, after: int, size: int
+    ) -> list[tuple[int, int, Span | None]]:
+        """(start, end, span) of up to ``size`` chunks from token ``i`` on, each at its
+        first try."""
+        plan: list[tuple[int, int, Span | None]] = []
         n = len(layout.bounds) - 1
-        limit = min(n, i + self.max_tokens)
+        while i < n and len(plan) < size:
+            j = self._first_try(layout, i, after)
+            plan.append((i, j, layout.span(layout.bounds[i], layout.bounds[j])))
+            i, after = self._next_start(layout, i, j), j
+        return plan
+
+    def _next_start(self, layout: _Layout, i: int, j: int) -> int:
+        """Where the chunk after ``[i, j)`` starts: overlapping it, but for a new section."""
+        forced = j >= len(layout.bounds) - 1 or layout.priority[j] == SECTION
+        return max(i + 1, j - (0 if forced else self.overlap_tokens))
+
+    def _first_try(self, layout: _Layout, i: int, after: int, limit: int | None = None) -> int:
+        """The best end for a chunk from token ``i`` within ``limit`` tokens (default: the
+        budget), past ``after`` (the previous chunk's end, so that with overlap no chunk
+        lies inside the one before)."""
+        n = len(layout.bounds) - 1
+        limit = min(n, i + self.max_tokens) if limit is None else limit
+        min_end = max(i + max(1, (limit - i) // 2), min(after + 1, limit))
+        return self._best_break(layout, i, limit, min_end)
+
+    def _shorter(self, layout: _Layout, i: int, after: int, tried: int) -> int:
+        """End of the chunk from token ``i`` whose try ``[i, tried)`` does not fit: tries
+        cut shorter until one, re-counted as text, is within both budgets."""
+        j = tried
         while True:
-            min_end = max(i + max(1, (limit - i) // 2), min(after + 1, limit))
-            j = self._best_break(layout, i, limit, min_end)
-            span = layout.span(layout.bounds[i], layout.bounds[j])  # exactly what is kept
-            if j - i <= 1 or span is None or self._fits(span.text, span.heading_path):
-                return j
             limit = i + max(1, min(j - i - 1, int((j - i) * _SHRINK)))
+            j = self._first_try(layout, i, after, limit)
+            span = layout.span(layout.bounds[i], layout.bounds[j])  # exactly what is kept
+            if self._fit_all([(i, j, span)])[0]:
+                return j
 
     def _best_break(self, layout: _Layout, i: int, limit: int, min_end: int) -> int:
         """Token index in (i, limit] to end the chunk at (see the module doc)."""
@@ -172,10 +227,23 @@ class Chunker:
         anchors = [k for k, h in candidates if h % ANCHOR_EVERY == 0]
         return anchors[0] if anchors else max(candidates, key=lambda c: c[1])[0]
 
-    def _fits(self, chunk: str, path: str) -> bool:
+    def _fit_all(self, plan: list[tuple[int, int, Span | None]]) -> list[bool]:
+        """For each planned chunk: is it within both budgets? A one-token chunk or one of
+        white space only is taken as it is."""
         # Token windows are counted on the whole text; a span on its own can encode to a
         # token or two more (a word losing its leading space, an emoji cut in half).
-        return self.count_tokens(chunk) <= self.max_tokens and self._fits_model(chunk, path)
+        verdicts = [
+            j - i <= 1 or span is None or self.count_tokens(span.text) <= self.max_tokens
+            for i, j, span in plan
+        ]
+        asked = {
+            k: (span.text, span.heading_path)
+            for k, (i, j, span) in enumerate(plan)
+            if span and j - i > 1 and verdicts[k]
+        }
+        for k, fits in zip(asked, self._fits_model(list(asked.values())), strict=True):
+            verdicts[k] = fits
+        return verdicts
 
 
 class _Layout:
@@ -189,52 +257,54 @@ class _Layout:
         self._starts = [b.start for b in blocks]
         self._paths = _heading_paths(blocks)
         n = len(bounds) - 1
-        self.priority = [NEVER] * (n + 1)
+        # Every boundary's priority at once (numpy): a document has thousands of tokens.
+        priority = np.full(n + 1, NEVER, np.int64)
         self.level_at = [0] * (n + 1)
-        b = 0  # index of the first block that ends after the position
-        for k in range(1, n):
-            pos = bounds[k]
-            while b < len(blocks) and blocks[b].end < pos:
-                b += 1
-            self.priority[k], self.level_at[k] = self._rank(pos, b)
-        self.next_stop = [n] * (n + 1)
-        for k in range(n - 1, 0, -1):
-            self.next_stop[k] = k if self.priority[k] == SECTION else self.next_stop[k + 1]
-        self._section_levels = self._levels_of_sections(n)
+        pos = np.asarray(bounds[1:n], np.int64)  # the boundaries a chunk may end at: 1..n-1
+        ends = np.asarray([block.end for block in blocks], np.int64)
+        b = np.searchsorted(ends, pos, side="left")  # the first block that ends at or after
+        inside = np.zeros(len(pos), bool)
+        within = np.flatnonzero(b < len(blocks))  # past the last block: BLOCK
+        starts = np.asarray(self._starts, np.int64)
+        inside[within] = (pos[within] > starts[b[within]]) & (pos[within] < ends[b[within]])
+        ranks = np.full(len(pos), BLOCK, np.int64)
+        if inside.any():
+            kinds = np.asarray([_KINDS.get(block.kind, _TEXT) for block in blocks], np.int64)
+            ranks[inside] = _inside_priorities(text, pos[inside], kinds[b[inside]])
+        priority[1:n] = ranks
+        for k in np.flatnonzero(~inside & (b < len(blocks))).tolist():  # between blocks: few
+            priority[k + 1], self.level_at[k + 1] = self._between(int(pos[k]), int(b[k]))
+        self.priority: list[int] = priority.tolist()
+        # next_stop[k]: the first SECTION boundary at or after k, else n
+        stops = np.where(priority == SECTION, np.arange(n + 1), n)
+        stops[0] = stops[n] = n
+        self.next_stop: list[int] = np.minimum.accumulate(stops[::-1])[::-1].tolist()
+        self.next_stop[0] = n
+        self._section_levels = self._levels_of_sections()
 
-    def _rank(self, pos: int, b: int) -> tuple[int, int]:
-        """(priority, heading level) of a break at char ``pos``; blocks[b] is the first
-        block that ends at or after it."""
-        if b >= len(self._blocks):
-            return BLOCK, 0
+    def _between(self, pos: int, b: int) -> tuple[int, int]:
+        """(priority, heading level) of a break at char ``pos`` between two blocks;
+        blocks[b] is the first block that ends at or after it."""
         block = self._blocks[b]
-        if pos <= block.start or pos >= block.end:  # between two blocks
-            nxt = block if pos <= block.start else self._next(b)
-            prev = self._blocks[b - 1] if pos <= block.start and b > 0 else block
-            if prev.kind == "heading" and prev is not nxt:
-                return NEVER, 0  # a heading never ends a chunk
-            if nxt is not None and nxt.kind == "heading":
-                return SECTION, nxt.level
-            return BLOCK, 0
-        if block.kind == "heading":
-            return NEVER, 0
-        if block.kind == "code":
-            return (LINE if self.text[pos - 1] == "\n" else NEVER), 0
-        return _text_priority(self.text, pos), 0
+        nxt = block if pos <= block.start else self._next(b)
+        prev = self._blocks[b - 1] if pos <= block.start and b > 0 else block
+        if prev.kind == "heading" and prev is not nxt:
+            return NEVER, 0  # a heading never ends a chunk
+        if nxt is not None and nxt.kind == "heading":
+            return SECTION, nxt.level
+        return BLOCK, 0
 
     def _next(self, b: int) -> Block | None:
         return self._blocks[b + 1] if b + 1 < len(self._blocks) else None
 
-    def _levels_of_sections(self, n: int) -> list[int]:
+    def _levels_of_sections(self) -> list[int]:
         """For each token, the level of the section it is in (0: before any heading)."""
-        levels, current, h = [0] * (n + 1), 0, 0
         headings = [b for b in self._blocks if b.kind == "heading"]
-        for k in range(n + 1):
-            while h < len(headings) and headings[h].start <= self.bounds[k]:
-                current = headings[h].level
-                h += 1
-            levels[k] = current
-        return levels
+        starts = np.asarray([h.start for h in headings], np.int64)
+        levels = np.asarray([0] + [h.level for h in headings], np.int64)
+        # the headings that start at or before each token: the last one's level
+        found = np.searchsorted(starts, self.bounds, side="right")
+        return levels[found].tolist()  # type: ignore[no-any-return]
 
     def section_level(self, k: int) -> int:
         return self._section_levels[k]
@@ -286,13 +356,16 @@ def _heading_paths(blocks: tuple[Block, ...]) -> list[str]:
     return paths
 
 
-def _text_priority(text: str, pos: int) -> int:
-    """How good a break inside a paragraph is at char ``pos``."""
-    before, at = text[max(0, pos - 2) : pos], text[pos : pos + 1]
-    if at == "\n" or before.endswith("\n"):
-        return LINE
-    if before[-1:] in (".", "!", "?") and at == " ":
-        return SENTENCE
-    if at == " " or before.endswith(" "):
-        return SPACE
-    return TOKEN
+def _inside_priorities(text: str, pos: IntArray, kind: IntArray) -> IntArray:
+    """How good a break is at each char of ``pos``, inside a block of ``kind``: never in a
+    heading; in code only at a line end; in a paragraph at a line end, then a sentence
+    end, then a space, then any token boundary. Every ``pos`` is inside its block, so the
+    chars before and at it exist."""
+    codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    at, before = codes[pos], codes[pos - 1]
+    line = (at == _NEWLINE) | (before == _NEWLINE)
+    sentence = np.isin(before, _SENTENCE_ENDS) & (at == _SPACE)
+    space = (at == _SPACE) | (before == _SPACE)
+    in_text = np.select([line, sentence, space], [LINE, SENTENCE, SPACE], TOKEN)
+    in_code = np.where(before == _NEWLINE, LINE, NEVER)
+    return np.select([kind == _HEADING, kind == _CODE], [NEVER, in_code], in_text)

@@ -44,9 +44,9 @@ class ChunkStage:
     def __init__(
         self,
         config: ChunkingConfig,
-        fits_model: Callable[[str], bool] | None = None,
+        fits_model: Callable[[list[str]], list[bool]] | None = None,
         model_max_tokens: int | None = None,
-        unknown_share: Callable[[str], float] | None = None,
+        unknown_shares: Callable[[list[str]], list[float]] | None = None,
     ) -> None:
         max_tokens = config.max_tokens
         if model_max_tokens is not None and max_tokens > model_max_tokens:
@@ -58,14 +58,14 @@ class ChunkStage:
             )
             max_tokens = model_max_tokens
         self.config = config
-        self._unknown_share = unknown_share or (lambda _text: 0.0)
-        fits = fits_model or (lambda _text: True)
+        self._unknown_shares = unknown_shares or (lambda texts: [0.0] * len(texts))
+        fits = fits_model or (lambda texts: [True] * len(texts))
         embed_heading = config.embed_heading
         self.chunker = Chunker(
             get_encoding(config.encoding),
             max_tokens,
             config.overlap_tokens,
-            lambda text, path: fits(model_input(text, path, embed_heading)),
+            lambda chunks: fits([model_input(t, path, embed_heading) for t, path in chunks]),
             config.min_section_tokens,
         )
         self.chunker_id = chunker_id(config, max_tokens)
@@ -77,7 +77,10 @@ class ChunkStage:
         the model's length less its special tokens."""
         tokenizer = ModelTokenizer(tokenizer_model(model))
         return cls(
-            config, tokenizer.fits, tokenizer.max_length - SPECIAL_TOKENS, tokenizer.unknown_share
+            config,
+            tokenizer.fit_all,
+            tokenizer.max_length - SPECIAL_TOKENS,
+            tokenizer.unknown_shares,
         )
 
     def prepare(self, event: DocumentEvent) -> tuple[DocumentEvent, list[Span]]:
@@ -96,7 +99,12 @@ class ChunkStage:
         if cleaned.metadata:
             event = _with_found_metadata(event, cleaned.metadata)
         spans = self.chunker.split(cleaned)
-        kept = [s for s in spans if self._unknown_share(s.text) < self.config.max_unknown_share]
+        shares = self._unknown_shares([s.text for s in spans])
+        kept = [
+            s
+            for s, share in zip(spans, shares, strict=True)
+            if share < self.config.max_unknown_share
+        ]
         if not kept:
             raise BadRecord(
                 f"document has no indexable text: its {len(spans)} chunks are (almost) only"

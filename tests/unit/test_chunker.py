@@ -191,7 +191,9 @@ def test_dense_technical_text_fits_the_bundled_models_word_pieces():
     text = "\n".join(lines)
     assert not all(fits(s.text) for s in split(text, "text", max_tokens=250))  # a real risk
 
-    spans = split(text, "text", max_tokens=250, fits_model=lambda chunk, _path: fits(chunk))
+    spans = split(
+        text, "text", max_tokens=250, fits_model=lambda chunks: [fits(c) for c, _ in chunks]
+    )
 
     assert model_max == 256
     assert spans and all(fits(s.text) for s in spans)
@@ -363,12 +365,44 @@ def test_a_code_line_longer_than_the_budget_is_still_split():
     assert len(spans) > 5 and all(tokens(s.text) <= 60 for s in spans)
 
 
+def test_the_model_fit_check_is_asked_in_batches_and_once_per_chunk_that_fits():
+    calls: list[list[tuple[str, str]]] = []
+
+    def fits(chunks: list[tuple[str, str]]) -> list[bool]:
+        calls.append(chunks)
+        return [True] * len(chunks)
+
+    spans = split(prose(400), "text", max_tokens=100, fits_model=fits)
+
+    asked = [text for batch in calls for text, _ in batch]
+    assert sorted(asked) == sorted(s.text for s in spans)  # each chunk once, nothing more
+    assert len(calls) <= len(spans) / 4  # plans of 8, 16, ... 64 chunks
+
+
+def test_a_misfit_in_a_batch_is_cut_shorter_and_the_chunks_after_it_planned_again():
+    text = prose(300)
+    limit = 350  # characters: the "model" keeps less than the token budget gives
+
+    spans = split(
+        text, "text", max_tokens=100, fits_model=lambda cs: [len(c) <= limit for c, _ in cs]
+    )
+    unlimited = split(text, "text", max_tokens=100)
+
+    assert all(len(s.text) <= limit for s in spans)
+    assert len(spans) > len(unlimited)
+    assert all(text[s.start : s.end] == s.text for s in spans)
+    # nothing lost: the chunks cover every sentence, in order
+    assert [s.start for s in spans] == sorted(s.start for s in spans)
+    covered = " ".join(s.text for s in spans)
+    assert all(f"Sentence {k} " in covered for k in range(300))
+
+
 def test_the_model_fit_check_sees_the_heading_path_it_will_be_given():
     seen: list[tuple[str, str]] = []
 
-    def fits(chunk: str, path: str) -> bool:
-        seen.append((chunk, path))
-        return True
+    def fits(chunks: list[tuple[str, str]]) -> list[bool]:
+        seen.extend(chunks)
+        return [True] * len(chunks)
 
     split(f"# Guide\n\n## Part\n\n{prose(2)}", max_tokens=200, fits_model=fits)
 
