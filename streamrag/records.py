@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from typing import Any, Literal
 
 import numpy as np
@@ -82,8 +83,13 @@ class ChunkRecord:
     page: int = 0
     chunker: str = ""
 
+    def as_dict(self) -> dict[str, Any]:
+        """Its fields as a dict (all are JSON values): ``asdict`` without its deep copy,
+        which cost more than the JSON encoding of a chunk."""
+        return {name: getattr(self, name) for name in _field_names(ChunkRecord)}
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(self.as_dict(), ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str) -> ChunkRecord:
@@ -107,7 +113,7 @@ class EmbeddingRecord:
     def to_json(self) -> str:
         return json.dumps(
             {
-                "chunk": asdict(self.chunk),
+                "chunk": self.chunk.as_dict(),
                 "model_id": self.model_id,
                 "vector_f32": None if self.vector is None else pack_vector(self.vector),
                 "embedded": self.embedded,
@@ -247,6 +253,12 @@ def model_input(text: str, heading_path: str, embed_heading: EmbedHeading) -> st
     return f"{heading}\n\n{text}"
 
 
+@cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The names of a dataclass's fields, in their order."""
+    return tuple(f.name for f in fields(cls))
+
+
 def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
+    names = _field_names(cls)
     return {k: v for k, v in data.items() if k in names}
