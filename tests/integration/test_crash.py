@@ -309,7 +309,10 @@ def test_a_crash_while_a_cross_document_batch_waits_loses_and_duplicates_nothing
     """The embed stage holds chunks of many documents before one model call. They are
     Flink state: a checkpoint taken while they wait holds them (the source's offsets are
     committed past them), and a worker killed then must give them back on restore."""
-    wait_ms = 20_000
+    # Long enough for the first checkpoint with the documents read, which waits for the
+    # Python workers' first bundle (the model's load): 15 s after the job started on a
+    # slow day here, when a 20 s wait was too short to crash in.
+    wait_ms = 45_000
     env = {
         **pipeline.env,
         "STREAMRAG_EMBEDDING__MAX_WAIT_MS": str(wait_ms),
