@@ -275,9 +275,8 @@ class _Layout:
         for k in np.flatnonzero(~inside & (b < len(blocks))).tolist():  # between blocks: few
             priority[k + 1], self.level_at[k + 1] = self._between(int(pos[k]), int(b[k]))
         self.priority: list[int] = priority.tolist()
-        # next_stop[k]: the first SECTION boundary at or after k, else n
+        # next_stop[k]: the first SECTION boundary at or after k, else n (k = 0: unused)
         stops = np.where(priority == SECTION, np.arange(n + 1), n)
-        stops[0] = stops[n] = n
         self.next_stop: list[int] = np.minimum.accumulate(stops[::-1])[::-1].tolist()
         self.next_stop[0] = n
         self._section_levels = self._levels_of_sections()
