@@ -172,7 +172,24 @@ def wait_for_taskmanagers(count: int, timeout_s: float = 120) -> None:
 
 
 def down(settings: Settings) -> None:
+    """Stop the cluster, every TaskManager included: Flink's scripts stop the ones their
+    pid file lists, which misses a TaskManager started to replace a lost one (its
+    predecessor's pid is still listed), and such a one would go on running."""
     _script(settings, "stop-cluster.sh")
+    left = []
+    for pid in taskmanager_pids(settings):
+        try:
+            proc = psutil.Process(pid)
+            proc.terminate()
+            left.append(proc)
+        except psutil.Error:
+            continue
+    _, alive = psutil.wait_procs(left, timeout=15)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
 
 
 def submit(

@@ -99,6 +99,8 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
             with contextlib.suppress(cluster.ClusterError):
                 cluster.down(settings)
             stack.down(settings, graceful=False)  # throwaway
+        # Replacements of killed TaskManagers stop too (none would go on using a core).
+        assert cluster.taskmanager_pids(settings) == []
 
 
 def fault_pipeline(fs: FaultStack, store_kind: str, parallelism: int) -> Pipeline:
