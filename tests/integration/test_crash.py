@@ -234,6 +234,12 @@ def _cmdline(process: psutil.Process) -> str:
         return ""
 
 
+def completed_checkpoints(job_id: str) -> int:
+    """How many checkpoints a job on the local cluster has completed."""
+    stats = requests.get(f"{FLINK_REST}/jobs/{job_id}/checkpoints", timeout=10).json()
+    return int(stats["counts"]["completed"])
+
+
 def flink_job(job_id: str) -> tuple[str, int]:
     """(state, failures so far) of a job on the local cluster."""
     state = requests.get(f"{FLINK_REST}/jobs/{job_id}", timeout=10).json()["state"]
@@ -309,9 +315,9 @@ def test_a_crash_while_a_cross_document_batch_waits_loses_and_duplicates_nothing
     """The embed stage holds chunks of many documents before one model call. They are
     Flink state: a checkpoint taken while they wait holds them (the source's offsets are
     committed past them), and a worker killed then must give them back on restore."""
-    # Long enough for the first checkpoint with the documents read, which waits for the
-    # Python workers' first bundle (the model's load): 15 s after the job started on a
-    # slow day here, when a 20 s wait was too short to crash in.
+    # The documents are sent once the job has completed a checkpoint (its Python workers
+    # up). The checkpoint with them read waits for their first bundle through chunking:
+    # over 20 s after that on a slow day here, so the batch waits 45 s.
     wait_ms = 45_000
     env = {
         **pipeline.env,
@@ -323,6 +329,7 @@ def test_a_crash_while_a_cross_document_batch_waits_loses_and_duplicates_nothing
     want = expected_index(pipeline.settings, docs)
 
     with cluster_job(pipeline.settings) as job_id:
+        poll(lambda: completed_checkpoints(job_id) > 0, "the job's first checkpoint")
         started = time.monotonic()
         pipeline.produce_docs(docs)
         poll(
