@@ -102,16 +102,21 @@ def run(
     from jobs.pipeline import build
     from streamrag.flink import INGEST_JOB
     from streamrag.local.checkpoints import prepare
-    from streamrag.models import model_dimension, resolve_model
+    from streamrag.models import import_in_background, model_dimension, resolve_model
     from streamrag.runstats import mark, summarize
 
     settings = settings_of(ctx)
-    model_dimension(resolve_model(settings.embedding.model))  # installed? before any service
+    ref = resolve_model(settings.embedding.model)
+    model_dimension(ref)  # installed? before any service
     marks = mark(settings) if bounded else None
     recovery = prepare(settings, bounded, from_scratch)
     if recovery.restore is not None:
         typer.echo(f"resuming from checkpoint {recovery.restore}", err=True)
-    build(settings, bounded, recovery.options()).execute(INGEST_JOB)
+    env = build(settings, bounded, recovery.options())
+    # The Python workers run in this process: their imports overlap the JVM's start
+    # (not the job's planning before it: Flink's planner failed with them in flight).
+    import_in_background(ref)
+    env.execute(INGEST_JOB)
     recovery.finished()  # returns only when a bounded run reached its end
     if marks is not None:
         for line in summarize(settings, marks).lines():
