@@ -46,6 +46,7 @@ class KafkaRefused(UserError):
 
 # librdkafka's codes for "this client will never get in as it is configured".
 _REFUSED = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
+_TRANSPORT = "Broker transport failure"
 _DETAIL = re.compile(r"^\S+://\S+: |^\S+/bootstrap: | \(after \d+ms in state \w+\)$")
 
 
@@ -55,7 +56,10 @@ def _raise_refused(settings: Settings) -> Callable[[KafkaError], None]:
     a callback's exception on), so a client that cannot get in fails at once, in one line."""
 
     def error_cb(err: KafkaError) -> None:
-        if err.code() in _REFUSED:
+        # A connection lost in the middle of the SASL handshake (a client closing while
+        # its coordinator connection logs in, a broker restarting) is reported with the
+        # same code, but the broker refused nothing: librdkafka reconnects.
+        if err.code() in _REFUSED and _TRANSPORT not in err.str():
             what = _DETAIL.sub("", err.str())
             security = settings.kafka.security
             who = f" user {security.username}" if security.sasl else ""
