@@ -132,7 +132,11 @@ class Kafka(JavaService):
         path = self.work / "kafka" / "cluster-id"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+            # Kafka's own ids never start with "-" (its command line would read an option).
+            cluster_id = "-"
+            while cluster_id.startswith("-"):
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            path.write_text(cluster_id)
         return path.read_text().strip()
 
     def prepare(self) -> None:
@@ -199,7 +203,7 @@ class Kafka(JavaService):
             users += ["--add-scram", f"{SCRAM}=[name={user},password={password}]"]
         cmd = self.java_command(
             "kafka.tools.StorageTool", "format", *standalone, *users,
-            "-t", self._cluster_id(), "-c", str(self.properties),
+            f"--cluster-id={self._cluster_id()}", "-c", str(self.properties),
         )  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         with self.log.open("a", encoding="utf-8") as f:
