@@ -356,6 +356,34 @@ def pending_records(settings: Settings, topic: str, group_id: str) -> int:
         return 0
 
 
+def commit_at_least(
+    settings: Settings, group_id: str, topic: str, offsets: dict[int, int]
+) -> dict[int, int]:
+    """Move ``group_id``'s committed offsets of ``topic`` forward to ``offsets`` where they
+    are behind (never back); the partitions moved, with their new offsets."""
+    if not offsets:
+        return {}
+    group = Consumer(
+        {**client_config(settings), "group.id": group_id, "enable.auto.commit": False},
+        logger=LIBRDKAFKA,
+    )
+    try:
+        committed = group.committed([TopicPartition(topic, p) for p in offsets], timeout=10)
+        behind = {
+            tp.partition: offsets[tp.partition]
+            for tp in committed
+            if offsets[tp.partition] > max(tp.offset, 0)  # (nothing committed: negative)
+        }
+        if behind:
+            moved = [TopicPartition(topic, p, o) for p, o in behind.items()]
+            group.commit(offsets=moved, asynchronous=False)
+        return behind
+    except KafkaException as e:
+        raise refused_or_unreachable(settings, e, group) from e
+    finally:
+        group.close()
+
+
 def partition_lag(settings: Settings, topic: str, group_id: str) -> dict[int, int]:
     """Per partition of ``topic``: its end offset minus what ``group_id`` committed (all
     of the partition's records while the group has committed nothing there). TopicMissing

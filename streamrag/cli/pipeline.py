@@ -103,7 +103,7 @@ def run(
     from streamrag.flink import INGEST_JOB
     from streamrag.local.checkpoints import prepare
     from streamrag.models import import_in_background, model_dimension, resolve_model
-    from streamrag.runstats import mark, summarize
+    from streamrag.runstats import mark, settle_offsets, summarize
 
     settings = settings_of(ctx)
     ref = resolve_model(settings.embedding.model)
@@ -119,6 +119,11 @@ def run(
     env.execute(INGEST_JOB)
     recovery.finished()  # returns only when a bounded run reached its end
     if marks is not None:
+        if recovery.restore is None:
+            for topic, offsets in settle_offsets(settings, marks).items():
+                typer.echo(
+                    f"committed {topic} offsets {offsets} (the job's did not land)", err=True
+                )
         for line in summarize(settings, marks).lines():
             typer.echo(line)
 
