@@ -363,10 +363,7 @@ def commit_at_least(
     are behind (never back); the partitions moved, with their new offsets."""
     if not offsets:
         return {}
-    group = Consumer(
-        {**client_config(settings), "group.id": group_id, "enable.auto.commit": False},
-        logger=LIBRDKAFKA,
-    )
+    group = _group_consumer(settings, group_id)
     try:
         committed = group.committed([TopicPartition(topic, p) for p in offsets], timeout=10)
         behind = {
@@ -384,21 +381,24 @@ def commit_at_least(
         group.close()
 
 
-def partition_lag(settings: Settings, topic: str, group_id: str) -> dict[int, int]:
-    """Per partition of ``topic``: its end offset minus what ``group_id`` committed (all
-    of the partition's records while the group has committed nothing there). TopicMissing
-    when there is no such topic."""
+def _group_consumer(settings: Settings, group_id: str) -> Consumer:
+    """A client of ``group_id`` that reads and commits its offsets, never subscribes."""
+    return Consumer(
+        {**client_config(settings), "group.id": group_id, "enable.auto.commit": False},
+        logger=LIBRDKAFKA,
+    )
+
+
+def partition_lag(
+    settings: Settings, topic: str, group_id: str, ends: dict[int, int] | None = None
+) -> dict[int, int]:
+    """Per partition of ``topic``: its end offset (``ends``, default: now) minus what
+    ``group_id`` committed (all of the partition's records while the group has committed
+    nothing there). TopicMissing when there is no such topic."""
     consumer = _consumer(settings)
     try:
-        ends = end_offsets_of(consumer, topic)
-        group = Consumer(
-            {
-                **client_config(settings),
-                "group.id": group_id,
-                "enable.auto.commit": False,
-            },
-            logger=LIBRDKAFKA,
-        )
+        ends = end_offsets_of(consumer, topic) if ends is None else ends
+        group = _group_consumer(settings, group_id)
         try:
             committed = group.committed([TopicPartition(topic, p) for p in ends], timeout=10)
         finally:

@@ -96,27 +96,31 @@ def load_configured(ref: ModelRef, cfg: EmbeddingConfig) -> tuple[Encoder, int]:
     return model, cfg.batch_size_on(device)
 
 
-def import_in_background(ref: ModelRef) -> threading.Thread | None:
+def _offline() -> None:
+    """The model loads from its installed files only, and its tokenizer starts no threads
+    of its own (the Flink workers are processes already)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def import_in_background(ref: ModelRef) -> None:
     """Import torch and sentence-transformers on a thread, for a process whose Flink
     operators will load ``ref`` soon: a local job's Python workers run in the process that
     starts it, and the imports (~8 s on 2 busy cores) then overlap the JVM's start instead
     of following it. Nothing for the hashing model; an import error shows up (with its
     message) where the model loads, as it would without this."""
     if ref.hashing:
-        return None
+        return
 
     def imports() -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        _offline()
         # In load_model's order, so this thread and a worker never wait on each other's
         # module locks the other way round.
         with contextlib.suppress(Exception):
             for module in ("torch", "sentence_transformers"):
                 importlib.import_module(module)
 
-    thread = threading.Thread(target=imports, name="model-imports", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=imports, name="model-imports", daemon=True).start()
 
 
 def load_model(
@@ -129,8 +133,7 @@ def load_model(
     Call once per worker (in a Flink function's open)."""
     if ref.hashing:
         return HashingEncoder(hash_dimension(ref.model_id))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _offline()
     import torch
     from sentence_transformers import SentenceTransformer
 

@@ -16,7 +16,7 @@ from streamrag.kafka import (
     TopicMissing,
     commit_at_least,
     end_offsets,
-    pending_records,
+    partition_lag,
     read_log,
 )
 
@@ -27,7 +27,7 @@ class Marks:
     embeddings: dict[int, int]
     dead_letters: dict[int, int]
     to_read: int
-    sources: dict[str, dict[int, int]] = field(default_factory=dict)
+    sources: dict[str, dict[int, int]]  # topic -> partition -> end offset
 
 
 @dataclass(slots=True)
@@ -57,14 +57,18 @@ def source_topics(settings: Settings) -> list[str]:
 
 def mark(settings: Settings) -> Marks:
     """Where the topics stand before a run."""
+    sources = {t: _ends(settings, t) for t in source_topics(settings)}
+    group = settings.kafka.group_id
     return Marks(
         started=time.monotonic(),
         embeddings=_ends(settings, settings.kafka.embeddings_topic),
         dead_letters=_ends(settings, settings.kafka.dead_letter_topic),
         to_read=sum(
-            pending_records(settings, t, settings.kafka.group_id) for t in source_topics(settings)
+            sum(partition_lag(settings, t, group, ends).values())
+            for t, ends in sources.items()
+            if ends  # (a missing topic has nothing to read)
         ),
-        sources={t: _ends(settings, t) for t in source_topics(settings)},
+        sources=sources,
     )
 
 
