@@ -31,3 +31,10 @@ def settings_of(ctx: typer.Context) -> Settings:
     """The settings of this invocation (``--config``, environment, defaults)."""
     state = ctx.find_object(CliState) or CliState(None)  # None: no root callback ran
     return state.settings()
+
+
+def echo_settled(moved: dict[str, dict[int, int]]) -> None:
+    """Say which source offsets a finished bounded run committed itself
+    (streamrag.runstats.settle_offsets)."""
+    for topic, offsets in moved.items():
+        typer.echo(f"committed {topic} offsets {offsets} (the job's did not land)", err=True)

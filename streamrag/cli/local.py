@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streamrag.cli.context import settings_of
+from streamrag.cli.context import echo_settled, settings_of
 from streamrag.local import cluster, stack
 from streamrag.local.kafka import MAX_BROKERS, bootstrap_servers
 from streamrag.local.service import show
@@ -95,7 +95,7 @@ def cluster_submit(
     detached: Annotated[bool, typer.Option(help="Return once submitted.")] = False,
 ) -> None:
     """Submit the ingest job with `flink run -py jobs/pipeline.py`."""
-    cluster.submit(settings_of(ctx), ["--bounded"] if bounded else [], detached)
+    echo_settled(cluster.submit(settings_of(ctx), ["--bounded"] if bounded else [], detached))
 
 
 @cluster_app.command("savepoint")

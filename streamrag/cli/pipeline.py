@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streamrag.cli.context import settings_of
+from streamrag.cli.context import echo_settled, settings_of
 from streamrag.config import dump_settings
 
 app = typer.Typer()
@@ -120,10 +120,7 @@ def run(
     recovery.finished()  # returns only when a bounded run reached its end
     if marks is not None:
         if recovery.restore is None:
-            for topic, offsets in settle_offsets(settings, marks).items():
-                typer.echo(
-                    f"committed {topic} offsets {offsets} (the job's did not land)", err=True
-                )
+            echo_settled(settle_offsets(settings, marks))
         for line in summarize(settings, marks).lines():
             typer.echo(line)
 

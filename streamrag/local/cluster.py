@@ -35,6 +35,7 @@ from streamrag.flink import (
     PYFLINK_HOME,
     reporter_options,
 )
+from streamrag.runstats import mark, settle_offsets
 
 REST_PORT = CLUSTER_REST_PORT
 MAX_TASKMANAGERS = 4
@@ -198,9 +199,15 @@ def submit(
     detached: bool = False,
     savepoint: str | None = None,
     parallelism: int | None = None,
-) -> None:
+) -> dict[str, dict[int, int]]:
     """`flink run [-s SAVEPOINT] -py jobs/pipeline.py [job args]` against the local
-    cluster; ``parallelism`` overrides ``flink.parallelism`` (the job sets its own)."""
+    cluster; ``parallelism`` overrides ``flink.parallelism`` (the job sets its own).
+
+    A bounded job that ran attached from the group's offsets (no savepoint) and finished
+    then has its source offsets settled as `streamrag run --bounded` does
+    (streamrag.runstats.settle_offsets): returns the partitions moved, per topic."""
+    settles = "--bounded" in job_args and not detached and savepoint is None
+    marks = mark(settings) if settles else None
     # The wheel keeps flink-python in opt/, off the session cluster's classpath: ship it.
     (python_jar,) = (PYFLINK_HOME / "opt").glob("flink-python-*.jar")
     cmd = [
@@ -227,6 +234,7 @@ def submit(
         lines = (done.stderr + done.stdout).splitlines()
         causes = [line for line in lines if line.startswith("Caused by:")] or lines[-1:]
         raise ClusterError(f"flink run failed: {(causes or ['no output'])[-1][:300]}")
+    return settle_offsets(settings, marks) if marks is not None else {}
 
 
 def running_job(name: str = INGEST_JOB) -> str:
