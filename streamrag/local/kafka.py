@@ -201,13 +201,27 @@ class Kafka(JavaService):
         for user in (ADMIN_USER, CLIENT_USER) if secure else ():
             password = _password(self.settings, user)
             users += ["--add-scram", f"{SCRAM}=[name={user},password={password}]"]
-        cmd = self.java_command(
+        # The tool's arguments, SCRAM passwords among them, go in a private argument file
+        # that the java launcher reads (`java @file`), never on a command line that any
+        # local user can list; its report of the credentials stays out of the log.
+        args = self.settings.stack.secrets_dir / f"{self.name}-format.args"
+        write_private(args, "\n".join([
             "kafka.tools.StorageTool", "format", *standalone, *users,
             f"--cluster-id={self._cluster_id()}", "-c", str(self.properties),
-        )  # fmt: skip
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        ]) + "\n")  # fmt: skip
+        try:
+            cmd = [*self.java_launcher(), f"@{args}"]
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        finally:
+            args.unlink(missing_ok=True)
+        report = "".join(
+            "Bootstrap metadata: (not logged: it holds the SCRAM credentials)\n"
+            if line.startswith("Bootstrap metadata:")
+            else line
+            for line in (result.stdout + result.stderr).splitlines(keepends=True)
+        )
         with self.log.open("a", encoding="utf-8") as f:
-            f.write(f"--- kafka storage format\n{result.stdout}{result.stderr}")
+            f.write(f"--- kafka storage format\n{report}")
         if result.returncode != 0:
             raise StackError(f"formatting kafka storage failed; see {show(self.log)}")
         if self.node == 1:

@@ -188,6 +188,10 @@ class JavaService(Service):
         return f"{kafka_jars}/*"
 
     def java_command(self, main_class: str, *args: str) -> list[str]:
+        return [*self.java_launcher(), main_class, *args]
+
+    def java_launcher(self) -> list[str]:
+        """``java`` and its options, up to the main class."""
         return [
             find_java(),
             "-Xms128m",
@@ -197,8 +201,6 @@ class JavaService(Service):
             f"-Dlog4j2.configurationFile={self.home / 'log4j2.xml'}",
             "-cp",
             self.classpath(),
-            main_class,
-            *args,
         ]
 
     def command(self) -> list[str]:
