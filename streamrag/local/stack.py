@@ -297,6 +297,7 @@ def up(
     names = _selected(services)
     svcs = {n: svc for n, svc in _instances(settings).items() if type(svc).name in names}
     spent: dict[str, float] = {}
+    width = max((len(n) for n in svcs), default=0)  # names line up, "postgres-tls" too
     with _lock(settings):
         running = {name: _find_pid(svc) for name, svc in svcs.items()}
         to_start = [svc for name, svc in svcs.items() if running[name] is None]
@@ -329,7 +330,7 @@ def up(
                     raise
                 spent[svc.name] = time.monotonic() - started
                 how = "started in" if svc.name in fresh else "already running, ready in"
-                say(f"{svc.name:<9} {how} {spent[svc.name]:.1f} s  {svc.address}  pid {pid}")
+                say(f"{svc.name:<{width}} {how} {spent[svc.name]:.1f} s  {svc.address}  pid {pid}")
     return spent
 
 
@@ -386,6 +387,7 @@ def down(
 
     with _lock(settings):
         known = _known(settings)
+        width = max((len(n) for n in known), default=0)
         # The processes of one kind stop together: the last brokers of a quorum would
         # otherwise each wait for the ones already gone (up to STOP_TIMEOUT apiece).
         for kind in reversed(SERVICE_NAMES):
@@ -393,7 +395,7 @@ def down(
             with ThreadPoolExecutor(max_workers=max(len(group), 1)) as pool:
                 results = list(pool.map(stop, group))
             for svc, stopped in zip(group, results, strict=True):
-                say(f"{svc.name:<9} {'stopped' if stopped else 'not running'}")
+                say(f"{svc.name:<{width}} {'stopped' if stopped else 'not running'}")
 
 
 def _probe(svc: Service) -> bool:
