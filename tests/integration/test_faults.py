@@ -206,6 +206,15 @@ class Traffic:
             for k, v in self.chunks(doc).items()
         }
 
+    def describe(self, doc_id: str) -> str:
+        """What was sent last for ``doc_id`` (for a failure message)."""
+        if doc_id not in self.latest:
+            return "never sent"
+        doc = self.latest[doc_id]
+        if doc is None:
+            return "deleted"
+        return f"version {doc['version']}, {len(self.chunks(doc))} chunks"
+
     def texts_per_chunk(self) -> dict[str, int]:
         """Chunk id -> how many different texts it had over every version sent."""
         texts: dict[str, set[str]] = {}
@@ -233,7 +242,9 @@ def caught_up(
             raise AssertionError(
                 f"after {what} the index differs from the ground truth: {len(missing)} chunks"
                 f" missing {missing[:3]}, {len(extra)} extra {extra[:3]}, {len(stale)} stale"
-                f" {[(have[k][1], want[k][1]) for k in stale[:3]]}"
+                f" {[(have[k][1], want[k][1]) for k in stale[:3]]}; extra chunks as"
+                f" (doc, version, position) against the document sent last:"
+                f" {[(*have[k][:3], traffic.describe(have[k][0])) for k in extra[:5]]}"
             )
         time.sleep(1)
     spent = time.monotonic() - started
