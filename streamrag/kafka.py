@@ -347,11 +347,16 @@ def send_all(
     return n
 
 
-def pending_records(settings: Settings, topic: str, group_id: str) -> int:
-    """Records of ``topic`` that consumer group ``group_id`` has not committed yet (from
-    the earliest offset where it has committed nothing); 0 when the topic is missing."""
+def pending_records(
+    settings: Settings, topic: str, group_id: str, ends: dict[int, int] | None = None
+) -> int:
+    """Records of ``topic`` below its end offsets (``ends``, default: now) that consumer
+    group ``group_id`` has not committed yet (from the earliest offset where it has
+    committed nothing); 0 when the topic is missing (or ``ends`` is empty: it was)."""
+    if ends == {}:
+        return 0
     try:
-        return sum(partition_lag(settings, topic, group_id).values())
+        return sum(partition_lag(settings, topic, group_id, ends).values())
     except TopicMissing:
         return 0
 

@@ -16,7 +16,7 @@ from streamrag.kafka import (
     TopicMissing,
     commit_at_least,
     end_offsets,
-    partition_lag,
+    pending_records,
     read_log,
 )
 
@@ -63,11 +63,7 @@ def mark(settings: Settings) -> Marks:
         started=time.monotonic(),
         embeddings=_ends(settings, settings.kafka.embeddings_topic),
         dead_letters=_ends(settings, settings.kafka.dead_letter_topic),
-        to_read=sum(
-            sum(partition_lag(settings, t, group, ends).values())
-            for t, ends in sources.items()
-            if ends  # (a missing topic has nothing to read)
-        ),
+        to_read=sum(pending_records(settings, t, group, ends) for t, ends in sources.items()),
         sources=sources,
     )
 

@@ -95,7 +95,7 @@ def cluster_submit(
     detached: Annotated[bool, typer.Option(help="Return once submitted.")] = False,
 ) -> None:
     """Submit the ingest job with `flink run -py jobs/pipeline.py`."""
-    echo_settled(cluster.submit(settings_of(ctx), ["--bounded"] if bounded else [], detached))
+    echo_settled(cluster.submit(settings_of(ctx), bounded, detached))
 
 
 @cluster_app.command("savepoint")
@@ -116,6 +116,6 @@ def cluster_upgrade(
 ) -> None:
     """Stop the running ingest job with a savepoint and submit the current code from it,
     with its state (detached); `--parallelism` rescales it."""
-    location, job_id = cluster.upgrade(settings_of(ctx), [], parallelism=parallelism)
+    location, job_id = cluster.upgrade(settings_of(ctx), parallelism=parallelism)
     typer.echo(f"stopped with savepoint {location}")
     typer.echo(f"running job {job_id}, restored from it")

@@ -195,19 +195,18 @@ def down(settings: Settings) -> None:
 
 def submit(
     settings: Settings,
-    job_args: list[str],
+    bounded: bool = False,
     detached: bool = False,
     savepoint: str | None = None,
     parallelism: int | None = None,
 ) -> dict[str, dict[int, int]]:
-    """`flink run [-s SAVEPOINT] -py jobs/pipeline.py [job args]` against the local
+    """`flink run [-s SAVEPOINT] -py jobs/pipeline.py [--bounded]` against the local
     cluster; ``parallelism`` overrides ``flink.parallelism`` (the job sets its own).
 
     A bounded job that ran attached from the group's offsets (no savepoint) and finished
     then has its source offsets settled as `streamrag run --bounded` does
     (streamrag.runstats.settle_offsets): returns the partitions moved, per topic."""
-    settles = "--bounded" in job_args and not detached and savepoint is None
-    marks = mark(settings) if settles else None
+    marks = mark(settings) if bounded and not detached and savepoint is None else None
     # The wheel keeps flink-python in opt/, off the session cluster's classpath: ship it.
     (python_jar,) = (PYFLINK_HOME / "opt").glob("flink-python-*.jar")
     cmd = [
@@ -222,7 +221,7 @@ def submit(
         *(["-s", savepoint] if savepoint else []),
         "-py",
         str(PROJECT_ROOT / "jobs" / "pipeline.py"),
-        *job_args,
+        *(["--bounded"] if bounded else []),
     ]
     env = _env(settings)
     if parallelism is not None:
@@ -271,7 +270,6 @@ def stop_with_savepoint(
 
 def upgrade(
     settings: Settings,
-    job_args: list[str],
     timeout_s: float = 300,
     parallelism: int | None = None,
 ) -> tuple[str, str]:
@@ -279,7 +277,7 @@ def upgrade(
     (detached), at another ``parallelism`` if given (keyed state is redistributed by key
     group); returns (savepoint path, new job id)."""
     location = stop_with_savepoint(settings, timeout_s=timeout_s)
-    submit(settings, job_args, detached=True, savepoint=location, parallelism=parallelism)
+    submit(settings, detached=True, savepoint=location, parallelism=parallelism)
     return location, running_job()
 
 

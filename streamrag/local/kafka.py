@@ -216,7 +216,7 @@ class Kafka(JavaService):
             args.unlink(missing_ok=True)
         report = "".join(
             "Bootstrap metadata: (not logged: it holds the SCRAM credentials)\n"
-            if line.startswith("Bootstrap metadata:")
+            if users and line.startswith("Bootstrap metadata:")
             else line
             for line in (result.stdout + result.stderr).splitlines(keepends=True)
         )

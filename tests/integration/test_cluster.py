@@ -23,7 +23,7 @@ def test_the_ingest_job_runs_with_flink_run_on_a_standalone_cluster(stack, monke
 
     cluster.up(settings)
     try:
-        cluster.submit(settings, ["--bounded"])
+        cluster.submit(settings, bounded=True)
     finally:
         cluster.down(settings)
 

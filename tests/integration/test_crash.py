@@ -194,7 +194,7 @@ def cluster_job(settings: Settings) -> Iterator[str]:
     yields its job id and cancels it at the end."""
     cluster.up(settings)
     try:
-        cluster.submit(settings, [], detached=True)
+        cluster.submit(settings, detached=True)
         jobs = requests.get(f"{FLINK_REST}/jobs/overview", timeout=10).json()["jobs"]
         (job_id,) = [j["jid"] for j in jobs if j["state"] == "RUNNING"]
         yield job_id

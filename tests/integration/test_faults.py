@@ -263,7 +263,7 @@ def caught_up(
 def submit(p: Pipeline, savepoint: str | None = None) -> str:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(os, "environ", p.env)  # flink run builds the job from it
-        cluster.submit(p.settings, [], detached=True, savepoint=savepoint)
+        cluster.submit(p.settings, detached=True, savepoint=savepoint)
     return cluster.running_job()
 
 
@@ -462,7 +462,7 @@ def test_rescaling_through_savepoints_and_a_postgres_outage(
             began = time.monotonic()
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(os, "environ", p.env)  # flink run builds the job from it
-                _savepoint, job = cluster.upgrade(fs.settings, [], parallelism=parallelism)
+                _savepoint, job = cluster.upgrade(fs.settings, parallelism=parallelism)
             assert vertex_parallelism(job) == {parallelism}
             record(record_property, f"rescale_s:{step}", time.monotonic() - began)
             with traffic.streaming(per_s=10):
