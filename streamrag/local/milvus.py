@@ -10,6 +10,14 @@ from typing import Any
 
 from streamrag.local.service import HOST, Service, port_open
 
+# Milvus Lite 3.2 serves requests on a pool of threads (10 by default), but its collections
+# are not safe for concurrent use: a flush swaps the memtable for an empty one before the
+# flushed rows are readable in a segment, and a delete-by-filter (our trims) or a query on
+# another thread in that moment sees neither, so a deleted document can stay in the index
+# for good (tests/integration/test_stack.py). One request thread serializes them; the
+# server is pure Python under one GIL, so little concurrency is lost.
+REQUEST_THREADS = 1
+
 
 class Milvus(Service):
     """The Milvus Lite gRPC server (pure Python) bound to 127.0.0.1."""
@@ -29,6 +37,7 @@ class Milvus(Service):
         return [
             sys.executable, "-u", "-m", "milvus_lite", "server",
             "--data-dir", str(self.home), "--host", HOST, "--port", str(self.ports[0]),
+            "--max-workers", str(REQUEST_THREADS),
         ]  # fmt: skip
 
     def popen_kwargs(self) -> dict[str, Any]:

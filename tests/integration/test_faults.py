@@ -244,7 +244,8 @@ def caught_up(
                 f" missing {missing[:3]}, {len(extra)} extra {extra[:3]}, {len(stale)} stale"
                 f" {[(have[k][1], want[k][1]) for k in stale[:3]]}; extra chunks as"
                 f" (doc, version, position) against the document sent last:"
-                f" {[(*have[k][:3], traffic.describe(have[k][0])) for k in extra[:5]]}"
+                f" {[(*have[k][:3], traffic.describe(have[k][0])) for k in extra[:5]]};"
+                f" dead letters: {[(d.get('stage'), d.get('error')) for d in p.dead_letters()][:3]}"
             )
         time.sleep(1)
     spent = time.monotonic() - started

@@ -6,13 +6,20 @@ the other integration tests (``down`` is not tested here).
 
 from __future__ import annotations
 
+import threading
+
 import psutil
 import psycopg
 import pytest
 import requests
 
-from streamrag.config import load_settings
-from streamrag.local.stack import SERVICE_NAMES, pids, postgres_dsn, status, up
+from jobs.indexing.apply import apply_records
+from streamrag.config import MilvusConfig, load_settings
+from streamrag.local.stack import SERVICE_NAMES, down, pids, postgres_dsn, status, up
+from streamrag.records import ChunkRecord, EmbeddingRecord
+from streamrag.stores.base import Trim
+from streamrag.stores.milvus import MilvusStore
+from tests.integration.conftest import settings_with
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +77,61 @@ def test_milvus_lite_flushes_its_memtable_at_the_configured_budget(settings):
     env = psutil.Process(pid).environ()
     budget = int(settings.stack.milvus_memtable_mb * 2**20)
     assert env["MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES"] == str(budget)
+    # ... and serves one request at a time (see the next test).
+    assert "--max-workers 1" in " ".join(psutil.Process(pid).cmdline())
+
+
+def test_milvus_lite_loses_no_trim_to_concurrent_writers(tmp_path):
+    # Index instances write one Milvus Lite server at once (the job at parallelism 2 and
+    # more). Milvus Lite 3.2 swaps its memtable for a new one at each flush before the
+    # flushed rows are readable in a segment, with nothing between the swap and requests
+    # served on other threads: a delete-by-filter in that moment finds neither, and a
+    # deleted document stays in the index for good. The stack's server serves one
+    # request at a time. Here four writers create and delete documents against a server
+    # of the stack's making with a tiny memtable (a flush every few requests); with the
+    # server's own 10 request threads this left deleted chunks in every one of 4 runs.
+    settings = settings_with(
+        {
+            "STREAMRAG_STACK__WORK_DIR": str(tmp_path),
+            "STREAMRAG_STACK__MILVUS_PORT": "29641",
+            "STREAMRAG_STACK__MILVUS_MEMTABLE_MB": "0.0625",
+        }
+    )
+    up(settings, ["milvus"])
+    try:
+        config = MilvusConfig(uri=f"http://127.0.0.1:{settings.stack.milvus_port}")
+        first = MilvusStore(config, "churn")
+        first.ensure(16)
+        errors: list[BaseException] = []
+
+        def churn(writer: int) -> None:
+            store = MilvusStore(config, "churn")
+            try:
+                for d in range(400):
+                    doc = f"w{writer}-{d}"
+                    chunks = [
+                        EmbeddingRecord(
+                            ChunkRecord(f"{doc}-{i}", doc, 1, "upsert", i, text=f"chunk {i}"),
+                            "m",
+                            [0.25] * 16,
+                        )
+                        for i in range(4)
+                    ]
+                    apply_records(store, chunks)
+                    store.trim([Trim(doc, 0, 1)])
+            except BaseException as e:
+                errors.append(e)
+            finally:
+                store.close()
+
+        threads = [threading.Thread(target=churn, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+        left = first.all_ids()
+        first.close()
+        assert left == [], f"{len(left)} chunks of deleted documents left, e.g. {left[:4]}"
+    finally:
+        down(settings)
