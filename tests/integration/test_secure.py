@@ -46,12 +46,15 @@ from tests.integration.conftest import CLI, settings_with
 
 pytestmark = pytest.mark.integration
 
+# Below Linux's ephemeral range (32768-60999): a port in it can be the local end of any
+# outgoing connection of the suite at the moment the stack starts, and stack.up refuses a
+# port in use (this module's setup failed in a CI run before any service started).
 PORTS = {
-    "KAFKA_PORT": "39092",
-    "KAFKA_CONTROLLER_PORT": "39093",
-    "POSTGRES_PORT": "35432",
-    "MILVUS_PORT": "39530",
-    "CONNECT_PORT": "38083",
+    "KAFKA_PORT": "26092",
+    "KAFKA_CONTROLLER_PORT": "26093",
+    "POSTGRES_PORT": "26432",
+    "MILVUS_PORT": "26530",
+    "CONNECT_PORT": "26083",
 }
 CORPUS = PROJECT_ROOT / "samples" / "corpus"
 ARTICLES = [
