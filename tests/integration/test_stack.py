@@ -6,6 +6,7 @@ the other integration tests (``down`` is not tested here).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import psutil
@@ -97,41 +98,40 @@ def test_milvus_lite_loses_no_trim_to_concurrent_writers(tmp_path):
             "STREAMRAG_STACK__MILVUS_MEMTABLE_MB": "0.0625",
         }
     )
+    errors: list[BaseException] = []
+
+    def churn(config: MilvusConfig, writer: int) -> None:
+        store = MilvusStore(config, "churn")
+        try:
+            for d in range(400):
+                doc = f"w{writer}-{d}"
+                chunks = [
+                    EmbeddingRecord(
+                        ChunkRecord(f"{doc}-{i}", doc, 1, "upsert", i, text=f"chunk {i}"),
+                        "m",
+                        [0.25] * 16,
+                    )
+                    for i in range(4)
+                ]
+                apply_records(store, chunks)
+                store.trim([Trim(doc, 0, 1)])
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            store.close()
+
     up(settings, ["milvus"])
+    config = MilvusConfig(uri=f"http://127.0.0.1:{settings.stack.milvus_port}")
     try:
-        config = MilvusConfig(uri=f"http://127.0.0.1:{settings.stack.milvus_port}")
-        first = MilvusStore(config, "churn")
-        first.ensure(16)
-        errors: list[BaseException] = []
-
-        def churn(writer: int) -> None:
-            store = MilvusStore(config, "churn")
-            try:
-                for d in range(400):
-                    doc = f"w{writer}-{d}"
-                    chunks = [
-                        EmbeddingRecord(
-                            ChunkRecord(f"{doc}-{i}", doc, 1, "upsert", i, text=f"chunk {i}"),
-                            "m",
-                            [0.25] * 16,
-                        )
-                        for i in range(4)
-                    ]
-                    apply_records(store, chunks)
-                    store.trim([Trim(doc, 0, 1)])
-            except BaseException as e:
-                errors.append(e)
-            finally:
-                store.close()
-
-        threads = [threading.Thread(target=churn, args=(w,)) for w in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors[0]
-        left = first.all_ids()
-        first.close()
+        with contextlib.closing(MilvusStore(config, "churn")) as first:
+            first.ensure(16)
+            threads = [threading.Thread(target=churn, args=(config, w)) for w in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors[0]
+            left = first.all_ids()
         assert left == [], f"{len(left)} chunks of deleted documents left, e.g. {left[:4]}"
     finally:
         down(settings)
