@@ -249,6 +249,12 @@ class FlinkConfig(_Section):
     # default, a quarter of RAM, which it grows into as the data grows (725 MB at 2,000
     # chunks, 2.2 GB at 200,000: `make bench-scale`), where 768 MB ran as fast.
     local_heap_mb: Annotated[int, Field(ge=256, le=65536)] | None = 1024
+    # The JIT of that JVM. "c1": the quick compiler only (-XX:TieredStopAtLevel=1);
+    # "tiered": C1 then C2, the JVM's default. Python does a local job's work; the JVM
+    # moves records between Kafka and Python, and C2 spent more CPU optimizing that code
+    # than running it: a one-document job's JVM used 24 to 25 CPU-s with C2 against 13
+    # to 14 with C1 alone, on 2 cores where everything else waits for them (README, Speed).
+    local_jit: Literal["c1", "tiered"] = "c1"
 
 
 class StackConfig(_Section):

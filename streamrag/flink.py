@@ -87,6 +87,18 @@ class FlinkContext:
     t_env: StreamTableEnvironment
 
 
+def local_jvm_args(settings: Settings, given: str) -> str:
+    """JVM_ARGS for the JVM of a local run: ``given`` (the user's own) plus the heap and
+    the JIT that ``flink`` asks for, each unless ``given`` already decides it."""
+    args = given.split()
+    heap = settings.flink.local_heap_mb
+    if heap is not None and not any(a.startswith("-Xmx") for a in args):
+        args.append(f"-Xmx{heap}m")
+    if settings.flink.local_jit == "c1" and not any("TieredStopAtLevel" in a for a in args):
+        args.append("-XX:TieredStopAtLevel=1")
+    return " ".join(args)
+
+
 def create_context(
     settings: Settings, job_name: str, options: Mapping[str, str] | None = None
 ) -> FlinkContext:
@@ -106,10 +118,8 @@ def create_context(
     os.environ["PYTHONPATH"] = os.pathsep.join(
         paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
-    heap = settings.flink.local_heap_mb
-    if heap is not None and "-Xmx" not in os.environ.get("JVM_ARGS", ""):
-        # Read when PyFlink starts its local JVM (the next line, in a local run).
-        os.environ["JVM_ARGS"] = f"{os.environ.get('JVM_ARGS', '')} -Xmx{heap}m".strip()
+    # Read when PyFlink starts its local JVM (the next lines, in a local run).
+    os.environ["JVM_ARGS"] = local_jvm_args(settings, os.environ.get("JVM_ARGS", ""))
     conf = Configuration()
     conf.set_string("pipeline.name", job_name)
     for key, value in restart_strategy(settings.flink.restart_attempts).items():
