@@ -252,8 +252,8 @@ class FlinkConfig(_Section):
     # The JIT of that JVM. "c1": the quick compiler only (-XX:TieredStopAtLevel=1);
     # "tiered": C1 then C2, the JVM's default. Python does a local job's work; the JVM
     # moves records between Kafka and Python, and C2 spent more CPU optimizing that code
-    # than running it: a one-document job's JVM used 24 to 25 CPU-s with C2 against 13
-    # to 14 with C1 alone, on 2 cores where everything else waits for them (README, Speed).
+    # than running it: a one-document job's JVM used 18.7 to 23.6 CPU-s with C2 against
+    # 10.6 to 12.3 with C1 alone, on 2 cores where the rest waits for them (README, Speed).
     local_jit: Literal["c1", "tiered"] = "c1"
 
 
