@@ -26,6 +26,7 @@ from pathlib import Path
 import psycopg
 from pymilvus import MilvusException
 
+from bench.cleanup import cleanup
 from connect.registry import ConnectRegistry, connect_url, load_connector_file
 from jobs.chunking.planner import chunk_id
 from streamrag import generations
@@ -151,6 +152,7 @@ def freshness_figures(
             job.terminate()
             job.wait(60)
         registry.delete(name, missing_ok=True)
+        cleanup(settings)  # after the connector, which would make its topic again
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         conn.execute(f"DROP PUBLICATION IF EXISTS pub_{tag}")
         conn.close()

@@ -38,6 +38,7 @@ from typing import Literal
 
 import psutil
 
+from bench.cleanup import cleanup
 from bench.freshness import freshness_figures
 from bench.query import query_figures
 from bench.replay import replay_figures, steady_rate
@@ -59,6 +60,8 @@ StoreKind = Literal["milvus", "pgvector"]
 CLI = str(Path(sys.executable).with_name("streamrag"))
 # The environment the bench started in: each phase runs in this plus its own overrides.
 BASE_ENV = dict(os.environ)
+# The settings of every phase so far (bench_settings): main() removes what they made.
+PHASES: list[Settings] = []
 
 
 def paragraphs() -> list[str]:
@@ -172,7 +175,9 @@ def bench_settings(device: BenchDevice, **overrides: str) -> tuple[Settings, dic
         ),
     }
     use_env(env)
-    return load_settings(), env
+    settings = load_settings()
+    PHASES.append(settings)
+    return settings, env
 
 
 def ingest_rate(
@@ -228,6 +233,14 @@ def plumbing_rate(
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        measure(argv)
+    finally:
+        for settings in PHASES:
+            cleanup(settings)
+
+
+def measure(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     device: BenchDevice = parser.parse_args(argv).device

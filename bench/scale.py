@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -45,11 +44,11 @@ from pathlib import Path
 
 import psutil
 
+from bench.cleanup import cleanup
 from bench.query import free_port
 from bench.replay import replay_figures, steady_rate
 from bench.run import HASH_MODEL, bench_settings, paragraphs, start_bounded_run
 from jobs.chunking.stage import ChunkStage
-from streamrag import kafka
 from streamrag.config import Settings
 from streamrag.kafka import ensure_topics, send_all
 from streamrag.local.checkpoints import checkpoints_dir
@@ -319,26 +318,6 @@ def run_watched(settings: Settings, env: dict[str, str]) -> JobRun:
         watch.last_checkpoint(),
         watch.samples,
     )
-
-
-def delete_topics(settings: Settings) -> None:
-    k = settings.kafka
-    kafka.delete_topics(
-        settings, [k.documents_topic, k.chunks_topic, k.embeddings_topic, k.dead_letter_topic]
-    )
-
-
-def cleanup(settings: Settings) -> None:
-    """What one run made: its collection, topics and checkpoints."""
-    with contextlib.suppress(Exception):
-        store = open_store(settings.store)
-        try:
-            store.drop()
-        finally:
-            store.close()
-    with contextlib.suppress(Exception):
-        delete_topics(settings)
-    shutil.rmtree(checkpoints_dir(settings, bounded=True).parent, ignore_errors=True)
 
 
 def phase(docs: list[dict[str, str]]) -> tuple[Settings, dict[str, str], JobRun]:
