@@ -31,6 +31,7 @@ from connect.registry import ConnectRegistry, connect_url, load_connector_file
 from jobs.chunking.planner import chunk_id
 from streamrag import generations
 from streamrag.config import PROJECT_ROOT, CdcConfig, Settings, isolated_env, load_settings
+from streamrag.kafka import delete_topics
 from streamrag.local.stack import postgres_dsn
 from streamrag.metrics import OPERATOR_PREFIX, operator_total, scrape
 from streamrag.migrate import drop_replication_slot
@@ -145,14 +146,15 @@ def freshness_figures(
         latencies = [c.indexed_at_ms - c.source_ts_ms for c in store.get(ids)]
         if scrape_metrics:
             metrics = metrics_figures(label, events=2 * rows, indexed=store.count())
-        store.drop()
-        store.close()
+        store.close()  # dropped by cleanup() below
     finally:
         if job is not None:
             job.terminate()
             job.wait(60)
         registry.delete(name, missing_ok=True)
         cleanup(settings)  # after the connector, which would make its topic again
+        # and the connector's own heartbeat topic (Debezium's default name)
+        delete_topics(settings, [f"__debezium-heartbeat.{prefix}"])
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         conn.execute(f"DROP PUBLICATION IF EXISTS pub_{tag}")
         conn.close()

@@ -60,7 +60,8 @@ StoreKind = Literal["milvus", "pgvector"]
 CLI = str(Path(sys.executable).with_name("streamrag"))
 # The environment the bench started in: each phase runs in this plus its own overrides.
 BASE_ENV = dict(os.environ)
-# The settings of every phase so far (bench_settings): main() removes what they made.
+# The settings of every phase so far (bench_settings): main() removes what they made
+# (the phases that end cleanly remove theirs at once; this catches the rest).
 PHASES: list[Settings] = []
 
 
@@ -206,11 +207,7 @@ def fixed_cost_wall(device: BenchDevice, model: str, **overrides: str) -> float:
     one = {"id": "bench/idle", "text": "One short paragraph, so that every operator opens."}
     send_all(settings, settings.kafka.documents_topic, [(one["id"], json.dumps(one))])
     wall, _ = run_job(env)
-    store = open_store(settings.store)
-    try:
-        store.drop()
-    finally:
-        store.close()
+    cleanup(settings)
     return wall
 
 
@@ -225,8 +222,8 @@ def plumbing_rate(
     wall, stamped, _ = ingest_rate(settings, env, more)
     store = open_store(settings.store)
     count = store.count()
-    store.drop()
     store.close()
+    cleanup(settings)
     if count != want * PLUMBING_COPIES:
         raise SystemExit(f"bench: plumbing index holds {count}, expected {want * PLUMBING_COPIES}")
     return count / max(wall - idle, 1e-3), stamped
@@ -319,8 +316,7 @@ def measure(argv: list[str] | None) -> None:
 
     queries = [t.split(". ")[0][:200] for t in texts[:: max(1, len(texts) // 400)]]
     query = query_figures(env, queries, ingest_more)
-    store.drop()
-    store.close()
+    store.close()  # main() drops it with the other phases' leftovers
 
     figures = {
         "device": device,

@@ -94,7 +94,8 @@ def local_jvm_args(settings: Settings, given: str) -> str:
     heap = settings.flink.local_heap_mb
     if heap is not None and not any(a.startswith("-Xmx") for a in args):
         args.append(f"-Xmx{heap}m")
-    if settings.flink.local_jit == "c1" and not any("TieredStopAtLevel" in a for a in args):
+    # "Tiered": the user's -XX:TieredStopAtLevel=N or -XX:-TieredCompilation decides.
+    if settings.flink.local_jit == "c1" and not any("Tiered" in a for a in args):
         args.append("-XX:TieredStopAtLevel=1")
     return " ".join(args)
 

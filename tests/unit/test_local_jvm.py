@@ -23,6 +23,9 @@ def test_tiered_leaves_the_jvm_its_default_jit(monkeypatch: pytest.MonkeyPatch):
 def test_the_users_own_jvm_args_are_kept_and_decide_what_they_set():
     given = "-Xmx3g -XX:TieredStopAtLevel=4 -Dfoo=bar"
     assert local_jvm_args(load_settings(), given) == given
+    assert local_jvm_args(load_settings(), "-XX:-TieredCompilation") == (
+        "-XX:-TieredCompilation -Xmx1024m"
+    )
     assert local_jvm_args(load_settings(), "-Dfoo=bar") == (
         "-Dfoo=bar -Xmx1024m -XX:TieredStopAtLevel=1"
     )
