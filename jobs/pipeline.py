@@ -53,6 +53,7 @@ from jobs.embedding.embedder import Embedder
 from jobs.indexing.apply import apply_records
 from streamrag.config import Settings
 from streamrag.flink import (
+    END_OF_INPUT,
     INGEST_JOB,
     KEYED_ROW,
     add_kafka_sink,
@@ -86,10 +87,6 @@ from streamrag.records import (
     events_from_json,
 )
 from streamrag.stores import open_store
-
-# An event-time timer here fires only at the end of a bounded input (its final watermark);
-# the job has no watermarks otherwise.
-END_OF_INPUT = 2**63 - 1
 
 
 class NormalizeRecords(GuardedFunction, ProcessFunction):

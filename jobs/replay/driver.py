@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from jobs.indexing.apply import PendingWrites, as_trims
+from jobs.indexing.apply import PendingWrites
 from jobs.indexing.log import LogState, VerificationError, parse_embedding, verify
 from streamrag import generations as gens
 from streamrag.config import PROJECT_ROOT, MilvusConfig, Settings
@@ -72,11 +72,6 @@ def rematerialize(
         nonlocal ends
         job = override_settings(settings, name, kafka={"group_id": group})
         run_job("jobs.replay.job", job, store, state.upserts, f"replay {name}", progress)
-        # The job writes its held trims when its input ends (in close()), and PyFlink may
-        # end a bounded job before close() is through: a replay then kept chunks of
-        # deleted documents. Apply the log's latest trims again (idempotent: a trim only
-        # removes versions up to its own).
-        store.trim(as_trims(state.trims()))
         ends = catch_up(settings, store, ends, state)
         if before_verify:
             before_verify(store)
