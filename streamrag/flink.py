@@ -77,11 +77,11 @@ CLUSTER_REST_PORT = 18081
 LOCAL_REST_PORTS = "18181-18190"
 GROUP_PARAMETER = "streamrag.group_id"
 
-# Rows on every Kafka sink: key and value as UTF-8 strings.
 # An event-time timer at this time fires only at the end of a bounded input (its final
 # watermark; the jobs have no watermarks otherwise), and before the job ends: work left for
 # the end of the input goes there, not into close(), which a bounded job may not wait for.
 END_OF_INPUT = 2**63 - 1
+# Rows on every Kafka sink: key and value as UTF-8 strings.
 KEYED_ROW = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 
 

@@ -13,10 +13,12 @@ import shutil
 import subprocess
 import sys
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jobs.chunking.documents import parse_document_record
@@ -24,11 +26,13 @@ from streamrag import generations
 from streamrag.config import PROJECT_ROOT, Settings, isolated_env, load_settings
 from streamrag.kafka import Message, ensure_topics, read_log, send_all
 from streamrag.local.checkpoints import checkpoints_dir
-from streamrag.records import DocumentEvent, Origin
+from streamrag.records import ChunkRecord, DocumentEvent, EmbeddingRecord, Origin
 from streamrag.stores import open_store
 from streamrag.stores.base import VectorStore
 
 CLI = str(Path(sys.executable).with_name("streamrag"))
+# The vectors of the records below: the bundled model's dimension.
+DIM = 384
 
 
 @pytest.fixture(scope="session")
@@ -146,3 +150,48 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("-", "recorded figures")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+# Embedding records as the embed stage writes them: unit vectors, seeded by chunk.
+def vec(seed: int) -> list[float]:
+    v = np.random.default_rng(seed).normal(size=DIM)
+    return (v / np.linalg.norm(v)).astype(np.float32).tolist()
+
+
+def rec(
+    i: int,
+    doc: str = "d1",
+    version: int = 1,
+    text: str | None = None,
+    cid: str | None = None,
+    **meta: str | int | bool,
+) -> EmbeddingRecord:
+    chunk = ChunkRecord(
+        chunk_id=cid or f"{doc}-{i}",
+        doc_id=doc,
+        version=version,
+        op="upsert",
+        position=i,
+        start=10 * i,
+        end=10 * i + 9,
+        text=text if text is not None else f"chunk {i} of {doc}",
+        content_hash=f"h{i}",
+        source=f"src-{doc}",
+        title=f"Title {doc}",
+        metadata=meta or {"lang": "en", "n": i, "even": i % 2 == 0},
+        source_ts_ms=1_700_000_000_000 + i,
+    )
+    seed = zlib.crc32(f"{doc}/{i}".encode())
+    return EmbeddingRecord(chunk=chunk, model_id="model-a", vector=vec(seed))
+
+
+def trim(doc: str, from_position: int, below_version: int) -> EmbeddingRecord:
+    return EmbeddingRecord(
+        ChunkRecord(
+            chunk_id=f"trim:{doc}",
+            doc_id=doc,
+            version=below_version,
+            op="trim",
+            position=from_position,
+        )
+    )

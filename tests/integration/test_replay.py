@@ -23,7 +23,7 @@ from streamrag.generations import GenerationError
 from streamrag.kafka import send_all
 from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores.base import StoredChunk, VectorStore
-from tests.integration.conftest import Pipeline, make_pipeline
+from tests.integration.conftest import Pipeline, make_pipeline, rec, trim
 
 pytestmark = pytest.mark.integration
 
@@ -256,23 +256,9 @@ def test_a_replay_writes_its_last_partial_batch_and_trims_before_the_job_ends(st
     close(), the bounded job ended before it was through, and a replay into pgvector
     (slow enough to show it) lost the last 255 upserts every time."""
     p = make_pipeline(stack, "pgvector")
-    rng = np.random.default_rng(7)
-    records = []
-    for i in range(1_023):
-        doc_id, position = f"d{i // 50}", i % 50
-        vector = rng.standard_normal(384).astype(np.float32)
-        chunk = ChunkRecord(
-            f"{doc_id}#{position}", doc_id, 1, "upsert", position, text=f"chunk {i}",
-            content_hash=f"h{i}", source="test",
-        )  # fmt: skip
-        records.append(
-            (
-                doc_id,
-                EmbeddingRecord(chunk, "m", (vector / np.linalg.norm(vector)).tolist()).to_json(),
-            )
-        )
-    trim = ChunkRecord("d3#trim", "d3", 2, "trim", 0)  # d3 deleted at version 2
-    records.append(("d3", EmbeddingRecord(trim).to_json()))
+    docs = [f"d{i // 50}" for i in range(1_023)]
+    records = [(doc, rec(i % 50, doc=doc).to_json()) for i, doc in enumerate(docs)]
+    records.append(("d3", trim("d3", 0, 2).to_json()))  # d3 deleted at version 2
     send_all(p.settings, p.settings.kafka.embeddings_topic, records)
     try:
         new = rematerialize(p.settings, progress=False)  # verifies against the log
@@ -281,8 +267,8 @@ def test_a_replay_writes_its_last_partial_batch_and_trims_before_the_job_ends(st
             ids = set(store.all_ids())
         finally:
             store.close()
-        assert new.serving and new.model_id == "m" and len(ids) == 1_023 - 50
-        assert "d20#22" in ids and not any(i.startswith("d3#") for i in ids)
+        assert new.serving and new.model_id == "model-a" and len(ids) == 1_023 - 50
+        assert "d20-22" in ids and not any(i.startswith("d3-") for i in ids)
     finally:
         generations.drop_all(p.settings)
 

@@ -11,7 +11,6 @@ import itertools
 import os
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -30,10 +29,10 @@ from streamrag.stores.base import (
     Trim,
     VectorStore,
 )
+from tests.integration.conftest import DIM, rec, trim, vec
 
 pytestmark = pytest.mark.integration
 
-DIM = 384
 INJECTIONS = ['x" or doc_id != "', "x' OR '1'='1", 'x\\" or true or \\"', "x') OR 1=1 --"]
 
 
@@ -62,50 +61,6 @@ def store(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Vector
     finally:
         s.drop()
         s.close()
-
-
-def vec(seed: int) -> list[float]:
-    v = np.random.default_rng(seed).normal(size=DIM)
-    return (v / np.linalg.norm(v)).astype(np.float32).tolist()
-
-
-def rec(
-    i: int,
-    doc: str = "d1",
-    version: int = 1,
-    text: str | None = None,
-    cid: str | None = None,
-    **meta: str | int | bool,
-) -> EmbeddingRecord:
-    chunk = ChunkRecord(
-        chunk_id=cid or f"{doc}-{i}",
-        doc_id=doc,
-        version=version,
-        op="upsert",
-        position=i,
-        start=10 * i,
-        end=10 * i + 9,
-        text=text if text is not None else f"chunk {i} of {doc}",
-        content_hash=f"h{i}",
-        source=f"src-{doc}",
-        title=f"Title {doc}",
-        metadata=meta or {"lang": "en", "n": i, "even": i % 2 == 0},
-        source_ts_ms=1_700_000_000_000 + i,
-    )
-    seed = zlib.crc32(f"{doc}/{i}".encode())
-    return EmbeddingRecord(chunk=chunk, model_id="model-a", vector=vec(seed))
-
-
-def trim(doc: str, from_position: int, below_version: int) -> EmbeddingRecord:
-    return EmbeddingRecord(
-        ChunkRecord(
-            chunk_id=f"trim:{doc}",
-            doc_id=doc,
-            version=below_version,
-            op="trim",
-            position=from_position,
-        )
-    )
 
 
 def write(store: VectorStore, records: list[EmbeddingRecord]) -> None:
