@@ -11,7 +11,7 @@ JARS   := .work/jars
 export HF_HUB_OFFLINE := 1
 export PGPASSFILE := $(CURDIR)/.work/secrets/pgpass
 
-.PHONY: install jars stack-up stack-down demo test test-unit bench bench-gpu bench-scale eval lint clean
+.PHONY: install jars stack-up stack-down demo test test-fast bench bench-gpu bench-scale eval lint clean
 
 install: $(VENV)/.installed jars
 
@@ -42,11 +42,14 @@ stack-down:
 demo: stack-up
 	$(CLI) demo
 
+# Everything, on the real services (what .ci/run runs); ends with the 25 slowest tests and
+# the total, and names any test over 120 s that does not say why (tests/conftest.py).
 test: stack-up
 	$(PY) -m pytest -q -ra --durations=25 tests
 
-test-unit: install
-	$(PY) -m pytest -q tests/unit
+# The tier without services: unit tests and the in-process Flink tier (about 2 minutes).
+test-fast: install
+	$(PY) -m pytest -q -ra --durations=10 -m "not services" tests
 
 bench: stack-up
 	$(PY) -m bench.run

@@ -91,6 +91,9 @@ class KafkaConfig(_Section):
     dead_letter_topic: str = "dead-letters"
     group_id: str = "streamrag-pipeline"
     partitions: Annotated[int, Field(gt=0, le=256)] = 2
+    # How long the project's own clients (topic admin: `topics create`, the job's start)
+    # retry brokers that do not answer, with backoff, before one line says so.
+    unreachable_retry_s: Annotated[float, Field(gt=0, le=3600)] = 30
 
 
 class ChunkingConfig(_Section):
@@ -200,6 +203,8 @@ class PgvectorConfig(_Section):
     security: PgvectorSecurityConfig = Field(default_factory=PgvectorSecurityConfig)
     table: str = "streamrag_chunks"
     pool_max: Annotated[int, Field(gt=0, le=64)] = 4
+    # How long opening the store retries a PostgreSQL that does not answer, with backoff.
+    unreachable_retry_s: Annotated[float, Field(gt=0, le=3600)] = 20
 
 
 def _store_kind(value: Any) -> str:

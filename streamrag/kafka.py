@@ -21,6 +21,7 @@ from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from tenacity import (
+    RetryCallState,
     retry,
     retry_if_exception,
     retry_if_exception_type,
@@ -103,10 +104,16 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     return topics
 
 
+def _unreachable_window_over(state: RetryCallState) -> bool:
+    """Stop retrying once the settings' kafka.unreachable_retry_s have passed."""
+    settings: Settings = state.args[0]
+    return (state.seconds_since_start or 0) >= settings.kafka.unreachable_retry_s
+
+
 @retry(
     retry=retry_if_exception_type(KafkaUnavailable),
     wait=wait_exponential(0.5, max=5),
-    stop=stop_after_delay(30),
+    stop=_unreachable_window_over,
     reraise=True,
 )
 def ensure_topics(settings: Settings) -> list[str]:

@@ -379,8 +379,9 @@ def open_pool(config: PgvectorConfig, name: str) -> ConnectionPool[Connection]:
         name=f"streamrag-{name}",
     )
     try:
-        _probe(conninfo)  # retried with backoff for ~20 s, and tells why it failed
-        pool.open(wait=True, timeout=20)
+        # Retried with backoff for unreachable_retry_s, and tells why it failed.
+        _probe.retry_with(stop=stop_after_delay(config.unreachable_retry_s))(conninfo)
+        pool.open(wait=True, timeout=config.unreachable_retry_s)
     except psycopg.Error as e:
         pool.close()
         if refused(e):
@@ -422,7 +423,7 @@ def _first(e: BaseException) -> str:
     ),
     reraise=True,
     wait=wait_exponential(multiplier=0.2, max=3),
-    stop=stop_after_delay(20),
+    stop=stop_after_delay(PgvectorConfig.model_fields["unreachable_retry_s"].default),
 )
 def _probe(dsn: str) -> None:
     with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:

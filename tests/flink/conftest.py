@@ -3,7 +3,9 @@ on a small bounded source (no Kafka), asserting its main output and its dead let
 
 Between the pure unit tests and the integration tests that run whole jobs against Kafka:
 the operators' decode, call, encode and error routing, in a real Flink runtime. Stages
-that read or write a vector store use the local stack's (the `stack` fixture).
+that read or write a vector store do so on Milvus Lite embedded in this process (a file:
+no service, so in `make test-fast`) and on the local stack's PostgreSQL with pgvector
+(the `services` tier).
 """
 
 from __future__ import annotations
@@ -110,17 +112,26 @@ def side(stream: DataStream) -> DataStream:
     return stream.get_side_output(DEAD_LETTERS)
 
 
+# The stores of this tier: Milvus Lite in a file of the test's own, and pgvector on the
+# local stack (which makes the test one of the services tier).
+STORES = ["milvus", pytest.param("pgvector", marks=pytest.mark.services)]
+
+
 @pytest.fixture
 def flink_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     """Settings of an isolated pipeline (its own collection/table), restarts allowed, the
-    failure ledger in a fresh directory."""
+    failure ledger in a fresh directory; Milvus is Milvus Lite in a file under tmp_path."""
     kind = getattr(request, "param", "milvus")
+    if kind == "pgvector":
+        request.getfixturevalue("stack")
+    where = {"STORE__URI": str(tmp_path / "milvus.db")} if kind == "milvus" else {}
     env = isolated_env(
         f"f{uuid.uuid4().hex[:8]}",
         STORE__KIND=kind,
         CDC__TABLES="{}",
         FLINK__FAILURE_LEDGER_DIR=str(tmp_path / "failures"),
         FLINK__PARALLELISM="1",
+        **where,
     )
     return settings_with(env)
 

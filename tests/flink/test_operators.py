@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -37,13 +38,12 @@ from streamrag.stores import open_store
 from tests.flink.conftest import (
     FLINK_LOG_DIR,
     SOURCE_ROW,
+    STORES,
     collect,
     environment,
     side,
     source_row,
 )
-
-pytestmark = pytest.mark.integration
 
 TEXT = "Log compaction keeps the latest record of every key in a topic. " * 8
 
@@ -120,7 +120,7 @@ def test_chunk_emits_changed_chunks_then_a_trim_and_drops_stale_events(flink_set
     assert (letter.stage, letter.key) == ("chunk", "b") and "no indexable text" in letter.reason
 
 
-@pytest.mark.parametrize("flink_settings", ["milvus", "pgvector"], indirect=True)
+@pytest.mark.parametrize("flink_settings", STORES, indirect=True)
 def test_embed_and_index_write_a_batch_and_dead_letter_one_the_store_rejects(flink_settings):
     model = resolve_model(flink_settings.embedding.model)
     store = open_store(flink_settings.store)
@@ -157,6 +157,41 @@ def test_embed_and_index_write_a_batch_and_dead_letter_one_the_store_rejects(fli
         # pgvector's StoreError; pymilvus checks column lengths before sending a write.
         assert letter.error in ("StoreError", "ParamError")
         assert "maximum size" in letter.reason or "exceeds max length" in letter.reason
+    finally:
+        store.close()
+        generations.drop_all(flink_settings)
+
+
+@pytest.mark.parametrize("flink_settings", STORES, indirect=True)
+def test_stages_without_state_never_let_an_older_version_overwrite_the_index(flink_settings):
+    """DESIGN.md invariant 2 where no chunk state can help: a job started without state (a
+    new deployment, a run after a crash without checkpoints) gets an older version of a
+    document than the index holds. The store's version guard keeps the newer one."""
+    store = open_store(flink_settings.store)
+    store.ensure(model_dimension(resolve_model(flink_settings.embedding.model)))
+    newer = dataclasses.replace(chunk("v", 0, "Version nine of the text."), version=9)
+    store.upsert([EmbeddingRecord(newer, "model-a", [1.0] + [0.0] * 383)])
+    store.flush()
+    batches = [
+        batch_row("v", Origin("documents", 0, 0), [chunk("v", 0, "Version one, late.")], "chunks"),
+        batch_row("w", Origin("documents", 0, 1), [chunk("w", 0, "A new document.")], "chunks"),
+    ]
+    try:
+        env = environment(flink_settings)
+        embedded = (
+            env.from_collection(batches, type_info=BATCH_ROW)
+            .key_by(lambda r: 0, key_type=Types.INT())
+            .process(EmbedChunks(flink_settings), output_type=FLUSH_ROW)
+        )
+        indexed = embedded.process(IndexEmbeddings(flink_settings), output_type=FLUSH_ROW)
+
+        out = collect(indexed, [side(embedded), side(indexed)])
+
+        assert out.dead_letters == []
+        (kept,) = store.get([chunk_id("v", 0)])
+        assert (kept.text, kept.version) == ("Version nine of the text.", 9)
+        (new,) = store.get([chunk_id("w", 0)])
+        assert (new.text, new.version) == ("A new document.", 1)
     finally:
         store.close()
         generations.drop_all(flink_settings)

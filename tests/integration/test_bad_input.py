@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.integration.conftest import make_pipeline
-
-pytestmark = pytest.mark.integration
 
 GOOD = "Streaming pipelines keep a search index fresh while the source keeps changing. "
 

@@ -41,7 +41,6 @@ from streamrag.models import resolve_model
 from streamrag.records import DocumentEvent, Origin
 from tests.integration.conftest import Pipeline, make_pipeline
 
-pytestmark = pytest.mark.integration
 SMALL = "Log compaction keeps the latest record of every key. " * 4
 
 

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from streamrag.config import load_settings
 from streamrag.kafka import pending_records
 from streamrag.local import cluster
 from tests.integration.conftest import make_pipeline
-
-pytestmark = pytest.mark.integration
 
 
 def test_the_ingest_job_runs_with_flink_run_on_a_standalone_cluster(stack, monkeypatch):

@@ -38,8 +38,6 @@ from streamrag.local import cluster
 from streamrag.models import resolve_model
 from tests.integration.conftest import CLI, Pipeline, as_event
 
-pytestmark = pytest.mark.integration
-
 FLINK_REST = f"http://127.0.0.1:{cluster.REST_PORT}"
 
 SENTENCE = (

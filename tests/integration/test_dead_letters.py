@@ -10,15 +10,11 @@ import json
 import subprocess
 import time
 
-import pytest
-
 from streamrag import deadletters as dl
 from streamrag.config import PROJECT_ROOT
 from streamrag.kafka import end_offsets
 from streamrag.stores.base import VectorStore
 from tests.integration.conftest import CLI, Pipeline, make_pipeline
-
-pytestmark = pytest.mark.integration
 
 STRICT = {"STREAMRAG_CHUNKING__MAX_DOCUMENT_CHARS": "2000"}
 LIMIT = "max_document_chars=2000"

@@ -17,8 +17,6 @@ from streamrag import generations
 from streamrag.config import PROJECT_ROOT, Settings, isolated_env
 from tests.integration.conftest import CLI, settings_with
 
-pytestmark = pytest.mark.integration
-
 # Third-party noise that must not reach the demo's output.
 NOISE = [
     "Failed to acquire idempotence PID",

@@ -8,13 +8,9 @@ import base64
 import json
 import subprocess
 
-import pytest
-
 from streamrag.config import PROJECT_ROOT
 from tests.integration.conftest import CLI, Pipeline
 from tests.pdfs import pdf_with_text
-
-pytestmark = pytest.mark.integration
 
 PAGE = """<!DOCTYPE html><html><head><title>Retention</title></head><body>
 <div class="navheader"><a accesskey="p" href="a.html">Prev</a> <a href="i.html">Up</a>

@@ -47,7 +47,7 @@ from tests.integration.test_crash import (
     poll,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.faults
 
 FLINK_REST = f"http://127.0.0.1:{cluster.REST_PORT}"
 # Other ports than the dev stack's, so both run side by side.

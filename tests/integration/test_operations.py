@@ -48,8 +48,6 @@ from tests.integration.test_crash import (
     poll,
 )
 
-pytestmark = pytest.mark.integration
-
 
 def free_port() -> int:
     with socket.socket() as s:

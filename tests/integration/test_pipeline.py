@@ -32,8 +32,6 @@ from streamrag.models import BUNDLED_MODEL_ID, ModelTokenizer, resolve_model
 from streamrag.records import EmbeddingRecord, model_input
 from tests.integration.conftest import CLI, Pipeline, as_event, make_pipeline
 
-pytestmark = pytest.mark.integration
-
 PARAGRAPH = (
     "Kafka keeps the latest record for every key when log compaction is on. "
     "The cleaner thread rewrites old segments and drops records that a newer one "

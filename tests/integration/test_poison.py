@@ -22,8 +22,6 @@ from streamrag.models import resolve_model
 from streamrag.records import DocumentEvent, Origin
 from tests.integration.conftest import make_pipeline
 
-pytestmark = pytest.mark.integration
-
 PARAGRAPH = (
     "Log compaction keeps the latest record of every key, so a topic can serve as "
     "the source of truth for a table that changes. "

@@ -25,8 +25,6 @@ from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores.base import StoredChunk, VectorStore
 from tests.integration.conftest import Pipeline, make_pipeline, rec, trim
 
-pytestmark = pytest.mark.integration
-
 PARAGRAPH = (
     "A compacted topic keeps the latest record of every key, so a consumer that "
     "starts from the earliest offset rebuilds the current state of every document. "

@@ -44,8 +44,6 @@ from streamrag.status import find_job
 from streamrag.stores import open_store
 from tests.integration.conftest import CLI, settings_with
 
-pytestmark = pytest.mark.integration
-
 # Below Linux's ephemeral range (32768-60999): a port in it can be the local end of any
 # outgoing connection of the suite at the moment the stack starts, and stack.up refuses a
 # port in use (this module's setup failed in a CI run before any service started).

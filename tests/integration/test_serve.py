@@ -29,8 +29,6 @@ from streamrag.records import ChunkRecord, EmbeddingRecord, model_input
 from streamrag.stores import open_store
 from tests.integration.conftest import CLI, make_pipeline
 
-pytestmark = pytest.mark.integration
-
 TOKENS = {
     "*": "all-tenants-token-0123456789",
     "acme": "acme-token-0123456789abcdef",

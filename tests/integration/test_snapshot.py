@@ -39,7 +39,6 @@ from streamrag.local.stack import postgres_dsn
 from tests.integration.conftest import CLI, Pipeline, make_pipeline, settings_with
 from tests.integration.test_cdc import Cdc, cdc_records, delete_topics, drop_slot, has, poll
 
-pytestmark = pytest.mark.integration
 ROWS = 120  # rows of the table added later: 12 chunks
 
 

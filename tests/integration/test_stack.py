@@ -22,8 +22,6 @@ from streamrag.stores.base import Trim
 from streamrag.stores.milvus import MilvusStore
 from tests.integration.conftest import settings_with
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def settings():

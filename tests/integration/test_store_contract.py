@@ -31,8 +31,6 @@ from streamrag.stores.base import (
 )
 from tests.integration.conftest import DIM, rec, trim, vec
 
-pytestmark = pytest.mark.integration
-
 INJECTIONS = ['x" or doc_id != "', "x' OR '1'='1", 'x\\" or true or \\"', "x') OR 1=1 --"]
 
 
@@ -520,6 +518,9 @@ def test_pgvector_rejects_bad_table_names(pg_config, name):
 
 def test_pgvector_unreachable_fails_in_bounded_time():
     start = time.monotonic()
+    config = PgvectorConfig(
+        dsn="host=127.0.0.1 port=1 user=postgres dbname=x", unreachable_retry_s=2
+    )
     with pytest.raises(StoreError, match="cannot reach PostgreSQL at 127.0.0.1:1"):
-        open_store(PgvectorConfig(dsn="host=127.0.0.1 port=1 user=postgres dbname=x"), "t_x")
-    assert time.monotonic() - start < 40
+        open_store(config, "t_x")
+    assert time.monotonic() - start < 15  # the window set (2 s), not the default (20 s)

@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,8 +133,12 @@ def test_maven_versions_are_read():
 
 
 def test_a_service_that_is_down_says_how_to_start_the_stack():
-    done = run("topics", "create", env={"STREAMRAG_KAFKA__BOOTSTRAP": "127.0.0.1:1"})
+    # It is retried with backoff first: for 1 s here, 30 s by default.
+    env = {"STREAMRAG_KAFKA__BOOTSTRAP": "127.0.0.1:1", "STREAMRAG_KAFKA__UNREACHABLE_RETRY_S": "1"}
+    started = time.monotonic()
+    done = run("topics", "create", env=env)
     one_line(done, "Kafka at 127.0.0.1:1 is not reachable", "streamrag stack up")
+    assert time.monotonic() - started < 25  # the window set, not the default
 
 
 def test_an_unknown_store_kind_lists_the_kinds():
