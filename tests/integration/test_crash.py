@@ -14,235 +14,30 @@ Three waves of documents (new; shrunk or deleted; changed again), two SIGKILLs m
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
-import requests
-from confluent_kafka import Consumer, TopicPartition
 
 from jobs.chunking.planner import chunk_id
-from jobs.chunking.stage import ChunkStage
-from streamrag import generations
-from streamrag.config import PROJECT_ROOT, Settings
-from streamrag.kafka import read_log
-from streamrag.local import cluster
-from streamrag.models import resolve_model
-from tests.integration.conftest import CLI, Pipeline, as_event
-
-FLINK_REST = f"http://127.0.0.1:{cluster.REST_PORT}"
-
-SENTENCE = (
-    "Checkpoint barriers flow with the records, so the offsets and the keyed state "
-    "of one checkpoint describe the same point of the stream. "
+from tests.integration.conftest import Pipeline
+from tests.integration.harness import (
+    Job,
+    cluster_job,
+    committed_offsets,
+    completed_checkpoints,
+    crash_mid_way,
+    document,
+    embedded_per_chunk,
+    expected_index,
+    flink_job,
+    index_now,
+    kill_task_manager_python_workers,
+    poll,
+    wave,
+    without,
 )
-
-
-def document(n: int, version: int, parts: int) -> dict:
-    text = "\n\n".join(
-        f"## Part {i} of note {n}, v{version}\n\n{SENTENCE * 4}" for i in range(parts)
-    )
-    return {"id": f"note-{n:02}", "text": text, "content_type": "markdown", "version": version}
-
-
-def expected_index(settings: Settings, docs: list[dict]) -> dict[str, tuple]:
-    """What a clean run leaves for the latest version of each document."""
-    latest: dict[str, dict] = {}
-    for d in docs:
-        if d["version"] >= latest.get(d["id"], d)["version"]:
-            latest[d["id"]] = d
-    return {k: v for d in latest.values() for k, v in expected_chunks(settings, d).items()}
-
-
-def expected_chunks(settings: Settings, d: dict) -> dict[str, tuple]:
-    """Chunk id -> (doc id, version, position, text) of one document version."""
-    stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
-    event = as_event(d)
-    return {
-        chunk_id(d["id"], i): (d["id"], d["version"], i, span.text)
-        for i, span in enumerate(stage.spans(event))
-    }
-
-
-def index_now(p: Pipeline) -> dict[str, tuple]:
-    if generations.serving(p.settings) is None:  # the job has not created the index yet
-        return {}
-    store = p.store()
-    try:
-        return {
-            c.chunk_id: (c.doc_id, c.version, c.position, c.text)
-            for c in store.get(store.all_ids())
-        }
-    finally:
-        store.close()
-
-
-def committed_offsets(settings: Settings) -> int:
-    """Sum of the offsets the job's consumer group has committed on the documents topic."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": settings.kafka.group_id,
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        parts = [
-            TopicPartition(settings.kafka.documents_topic, p)
-            for p in range(settings.kafka.partitions)
-        ]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
-    finally:
-        consumer.close()
-
-
-@dataclass
-class Job:
-    """The ingest job, unbounded as in production, with its output in ``log``."""
-
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @classmethod
-    def start(cls, p: Pipeline, log: Path) -> Job:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [CLI, "run"],
-                env=p.env,
-                cwd=PROJECT_ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return cls(proc, log)
-
-    def processes(self) -> list[psutil.Process]:
-        root = psutil.Process(self.proc.pid)
-        return [root, *root.children(recursive=True)]
-
-    def kill(self) -> None:
-        """SIGKILL to the client, the JVM and the Python workers."""
-        with contextlib.suppress(psutil.NoSuchProcess):
-            for proc in self.processes():
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def check_running(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise AssertionError(f"the local job ended:\n{tail}")
-
-
-def poll(
-    condition: Callable[[], bool],
-    what: str,
-    check: Callable[[], None] = lambda: None,
-    timeout_s: float = 300,
-    interval_s: float = 0.3,
-) -> None:
-    """Wait for ``condition``; ``check`` fails early when the job has died meanwhile."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        check()
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval_s)
-
-
-def crash_mid_way(
-    p: Pipeline,
-    want: dict[str, tuple],
-    kill: Callable[[], None],
-    check: Callable[[], None] = lambda: None,
-) -> None:
-    """Once some but not all chunks of ``want`` are in the index, ``kill`` (part of) the job.
-    Progress is read with one store kept open, every 0.1 s: a wave takes seconds."""
-    store = p.store()
-    try:
-
-        def done() -> int:
-            stored = store.get(list(want))
-            return len(
-                want.items()
-                & {c.chunk_id: (c.doc_id, c.version, c.position, c.text) for c in stored}.items()
-            )
-
-        poll(lambda: done() > 0, "the first chunks of the wave", check, interval_s=0.1)
-        assert done() < len(want), "the wave was indexed before the crash: make it larger"
-    finally:
-        store.close()
-    kill()
-
-
-def wave(version: int, parts: int, deleted: set[str]) -> list[dict]:
-    return [document(n, version, parts) for n in range(40) if f"note-{n:02}" not in deleted]
-
-
-@contextlib.contextmanager
-def cluster_job(settings: Settings) -> Iterator[str]:
-    """The ingest job submitted (unbounded, detached) to a local standalone Flink cluster;
-    yields its job id and cancels it at the end."""
-    cluster.up(settings)
-    try:
-        cluster.submit(settings, detached=True)
-        jobs = requests.get(f"{FLINK_REST}/jobs/overview", timeout=10).json()["jobs"]
-        (job_id,) = [j["jid"] for j in jobs if j["state"] == "RUNNING"]
-        yield job_id
-        requests.patch(f"{FLINK_REST}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10)
-    finally:
-        cluster.down(settings)
-
-
-def kill_task_manager_python_workers() -> None:
-    workers = [
-        c
-        for tm in _processes("TaskManagerRunner")
-        for c in _children(tm)
-        if "pyflink.fn_execution" in _cmdline(c)
-    ]
-    assert workers, "no Python worker process under the TaskManager"
-    for worker in workers:
-        with contextlib.suppress(psutil.Error):
-            worker.send_signal(signal.SIGKILL)
-
-
-def _processes(marker: str) -> list[psutil.Process]:
-    return [p for p in psutil.process_iter() if marker in _cmdline(p)]
-
-
-def _children(process: psutil.Process) -> list[psutil.Process]:
-    try:
-        return list(process.children(recursive=True))
-    except psutil.Error:  # gone, or a zombie of an earlier worker
-        return []
-
-
-def _cmdline(process: psutil.Process) -> str:
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:  # a zombie or a process that just ended
-        return ""
-
-
-def completed_checkpoints(job_id: str) -> int:
-    """How many checkpoints a job on the local cluster has completed."""
-    stats = requests.get(f"{FLINK_REST}/jobs/{job_id}/checkpoints", timeout=10).json()
-    return int(stats["counts"]["completed"])
-
-
-def flink_job(job_id: str) -> tuple[str, int]:
-    """(state, failures so far) of a job on the local cluster."""
-    state = requests.get(f"{FLINK_REST}/jobs/{job_id}", timeout=10).json()["state"]
-    history = requests.get(f"{FLINK_REST}/jobs/{job_id}/exceptions", timeout=10).json()
-    return state, len(history["exceptionHistory"]["entries"])
 
 
 # One store: the crashes here are of the job (its Python worker, the whole local job);
@@ -287,21 +82,6 @@ def test_after_a_crash_and_restore_the_index_equals_a_clean_run(
     pipeline.run()
     assert index_now(pipeline) == want
     assert pipeline.dead_letters() == []
-
-
-def without(index: dict[str, tuple], doc_ids: set[str]) -> dict[str, tuple]:
-    return {k: v for k, v in index.items() if v[0] not in doc_ids}
-
-
-def embedded_per_chunk(settings: Settings) -> dict[str, int]:
-    """How many times each chunk id went through the model, by the embeddings topic."""
-    counts: dict[str, int] = {}
-    for m in read_log(settings, settings.kafka.embeddings_topic, timeout_s=60):
-        record = json.loads(m.value) if m.value else {}
-        if record.get("embedded"):
-            cid = record["chunk"]["chunk_id"]
-            counts[cid] = counts.get(cid, 0) + 1
-    return counts
 
 
 # One store: the batch waits in Flink state before any write, whatever the store

@@ -39,7 +39,7 @@ from streamrag.kafka import RecordProducer, ensure_topics
 from streamrag.local import cluster, stack
 from streamrag.local.kafka import Kafka, bootstrap_servers
 from tests.integration.conftest import Pipeline, settings_with
-from tests.integration.test_crash import (
+from tests.integration.harness import (
     SENTENCE,
     embedded_per_chunk,
     expected_chunks,

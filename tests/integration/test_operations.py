@@ -37,7 +37,7 @@ from streamrag.metrics import Samples, operator_total
 from streamrag.metrics import scrape as read_metrics
 from streamrag.status import find_job
 from tests.integration.conftest import CLI, Pipeline, make_pipeline
-from tests.integration.test_crash import (
+from tests.integration.harness import (
     FLINK_REST,
     Job,
     cluster_job,
