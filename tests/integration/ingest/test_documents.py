@@ -1,6 +1,7 @@
 """Real documents through Kafka and PyFlink, on both stores: a generated HTML page (its
 navigation, table of contents and code listing) and a PDF; the query output cites the
-section and the page."""
+section and the page (the library's Retriever and `streamrag query`, each restricted to the
+test's own document)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import json
 import subprocess
 
 from streamrag.config import PROJECT_ROOT
-from tests.integration.conftest import CLI, Pipeline
+from streamrag.retrieval import Retriever
+from streamrag.stores.base import Filters
+from tests.integration.conftest import CLI
+from tests.integration.live import LiveJob, Namespace
 from tests.pdfs import pdf_with_text
 
 PAGE = """<!DOCTYPE html><html><head><title>Retention</title></head><body>
@@ -42,10 +46,10 @@ MANUAL = [
 ]
 
 
-def query(p: Pipeline, text: str) -> str:
+def query(live: LiveJob, text: str, doc_id: str) -> str:
     done = subprocess.run(
-        [CLI, "query", text, "-k", "1"],
-        env=p.env,
+        [CLI, "query", text, "-k", "1", "--doc-id", doc_id],
+        env=live.pipeline.env,
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -55,29 +59,31 @@ def query(p: Pipeline, text: str) -> str:
     return done.stdout
 
 
-def test_html_and_pdf_are_indexed_with_their_sections_and_pages(pipeline: Pipeline):
+def test_html_and_pdf_are_indexed_with_their_sections_and_pages(live: LiveJob):
+    ns: Namespace = live.namespace("documents")
+    page, manual = ns("guide/retention.html"), ns("manual.pdf")
     pdf = pdf_with_text(MANUAL, outline=[("Installation", 0), ("Log files", 1)])
-    pipeline.produce([
-        ("guide/retention.html", json.dumps(
-            {"id": "guide/retention.html", "text": PAGE, "content_type": "html"})),
-        ("manual.pdf", json.dumps({"id": "manual.pdf", "content_type": "pdf",
-                                   "data": base64.b64encode(pdf).decode("ascii")})),
+    live.produce([
+        (page, json.dumps({"id": page, "text": PAGE, "content_type": "html"})),
+        (manual, json.dumps({"id": manual, "content_type": "pdf",
+                             "data": base64.b64encode(pdf).decode("ascii")})),
     ])  # fmt: skip
-    pipeline.run()
+    live.settle()
 
-    assert pipeline.dead_letters() == []
-    store = pipeline.store()
-    try:
-        chunks = store.get(store.all_ids())
-    finally:
-        store.close()
-    html = [c for c in chunks if c.doc_id == "guide/retention.html"]
+    assert ns.dead_letters() == []
+    chunks = ns.chunks()
+    html = [c for c in chunks if c.doc_id == page]
     assert html and not any("Prev" in c.text or "¶" in c.text for c in html)
     assert any("    --add-config retention.ms=86400000" in c.text for c in html)  # indented
-    assert {c.page for c in chunks if c.doc_id == "manual.pdf"} == {1, 2}
+    assert {c.page for c in chunks if c.doc_id == manual} == {1, 2}
 
-    hit = query(pipeline, "How long do brokers keep closed segments?")
-    assert "doc=guide/retention.html" in hit
-    assert "section: Storage > Retention windows" in hit
-    hit = query(pipeline, "When are the agent's log files rotated?")
-    assert "doc=manual.pdf" in hit and "page 2" in hit and "section: Log files" in hit
+    retriever = Retriever(live.settings)
+    try:
+        (found,) = retriever.search(
+            "How long do brokers keep closed segments?", 1, Filters(fields={"doc_id": page})
+        )
+    finally:
+        retriever.close()
+    assert found.chunk.heading_path == "Storage > Retention windows"
+    hit = query(live, "When are the agent's log files rotated?", manual)
+    assert f"doc={manual}" in hit and "page 2" in hit and "section: Log files" in hit
