@@ -1,8 +1,9 @@
 """CDC end to end: PostgreSQL -> Debezium (Kafka Connect) -> Kafka -> PyFlink -> Milvus.
 
 One module-wide source per run: the real sql/source DDL under a unique schema, its own
-publication, slot, topic prefix and connector, all removed at the end. Every test waits
-for the Debezium events it needs (polling the topic), then runs the bounded job.
+publication, slot, topic prefix and connector, all removed at the end. The ingest job runs
+unbounded for the whole module, as in production; every test makes its changes in
+PostgreSQL and waits until the index shows them (and the job dead-lettered nothing).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import signal
 import string
 import time
@@ -35,11 +37,13 @@ from jobs.chunking.planner import DocState, chunk_id, is_stale
 from jobs.chunking.stage import ChunkStage
 from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.kafka import Message, TopicMissing, read_log
+from streamrag.local.checkpoints import checkpoints_dir
 from streamrag.local.stack import postgres_dsn
 from streamrag.migrate import apply_migrations, drop_replication_slot
 from streamrag.models import resolve_model
 from streamrag.records import DocumentEvent, Origin
 from tests.integration.conftest import Pipeline, make_pipeline
+from tests.integration.live import LiveJob
 
 SMALL = "Log compaction keeps the latest record of every key. " * 4
 
@@ -63,6 +67,7 @@ class Cdc:
     dsn: str
     registry: ConnectRegistry
     pipeline: Pipeline
+    live: LiveJob | None = None
 
     def topic(self, table: str) -> str:
         return f"{self.config['topic.prefix']}.{self.schema}.{table}"
@@ -84,8 +89,21 @@ class Cdc:
 
         return poll(ready, timeout, f"Debezium events in {table}")
 
-    def run(self) -> None:
-        self.pipeline.run()
+    def until_indexed(self, check: Callable[[], object], timeout_s: float = 120) -> None:
+        """Wait until ``check`` (assertions on the index) passes; then no record of the
+        CDC topics may have been dead-lettered."""
+        assert self.live is not None, "no job runs for this source"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.live.job.check_running()
+            try:
+                check()
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        self.live.settle()  # a checkpoint after: the dead-letter sink has flushed
         ours = {self.topic("articles"), self.topic("faq")}
         letters = [d for d in self.pipeline.dead_letters() if d["origin"]["topic"] in ours]
         assert letters == []
@@ -156,7 +174,7 @@ def drop_slot(dsn: str, slot: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def cdc(stack: Settings) -> Iterator[Cdc]:
+def cdc(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cdc]:
     tag = uuid.uuid4().hex[:8]
     schema, prefix, dsn = f"kb_{tag}", f"cdc_{tag}", postgres_dsn(stack)
     ddl = (PROJECT_ROOT / "sql/source/001_articles.sql").read_text()
@@ -200,30 +218,35 @@ def cdc(stack: Settings) -> Iterator[Cdc]:
     )
     try:
         world.registry.apply(world.name, config)
+        world.live = LiveJob.start(pipeline, tmp_path_factory.mktemp("cdc-job"))
         world.registry.wait_running(world.name, 60)
         yield world
+        assert world.live.restarts() == 0, "the job restarted (see its log)"
     finally:
+        if world.live is not None:
+            world.live.stop()
+            shutil.rmtree(checkpoints_dir(pipeline.settings, bounded=False).parent, True)
         world.registry.delete(world.name, missing_ok=True)
         drop_slot(dsn, world.slot)
         world.sql(f"DROP PUBLICATION IF EXISTS pub_{tag}; DROP SCHEMA IF EXISTS {{s}} CASCADE")
         delete_topics(stack, [*tables, f"__debezium-heartbeat.{prefix}"])
         world.registry.close()
-        store = pipeline.store()
-        store.drop()
-        store.close()
 
 
 def test_snapshot_indexes_existing_rows(cdc):
     cdc.wait_for("articles", lambda ev: sum(1 for _, v in ev if v and v["op"] == "r") == 3)
     cdc.wait_for("faq", has("r", tenant="acme", slug="rotate"))
-    cdc.run()
 
-    (chunk, *_) = assert_indexed(cdc, f"{cdc.schema}.articles:1", f"Compaction\n\n{SMALL}")
-    assert chunk.source == f"{cdc.schema}.articles"
-    assert chunk.metadata == {"tags": ["kafka"], "tenant": "acme"}
-    assert chunk.version == 0 and chunk.title == "Compaction"
-    assert_indexed(cdc, f"{cdc.schema}.articles:2", f"Big\n\n{toast_body()}")
-    assert_indexed(cdc, f"{cdc.schema}.faq:acme:reset", "How do I reset?\n\nClick reset.", "text")
+    def snapshot_indexed() -> None:
+        (chunk, *_) = assert_indexed(cdc, f"{cdc.schema}.articles:1", f"Compaction\n\n{SMALL}")
+        assert chunk.source == f"{cdc.schema}.articles"
+        assert chunk.metadata == {"tags": ["kafka"], "tenant": "acme"}
+        assert chunk.version == 0 and chunk.title == "Compaction"
+        assert_indexed(cdc, f"{cdc.schema}.articles:2", f"Big\n\n{toast_body()}")
+        reset = "How do I reset?\n\nClick reset."
+        assert_indexed(cdc, f"{cdc.schema}.faq:acme:reset", reset, "text")
+
+    cdc.until_indexed(snapshot_indexed)
 
 
 def test_insert_update_delete_propagate(cdc):
@@ -247,17 +270,18 @@ def test_insert_update_delete_propagate(cdc):
             has("d", tenant="acme", slug="rotate")(ev) and has("c", tenant="globex", slug="sso")(ev)
         ),
     )
-    cdc.run()
 
-    (chunk,) = assert_indexed(cdc, f"{cdc.schema}.articles:1", "Compaction\n\nShort now.")
-    assert chunk.version > 0  # the LSN of the update
-    assert_indexed(cdc, f"{cdc.schema}.articles:10", f"New\n\n{new_body}")
-    assert_gone(cdc, f"{cdc.schema}.articles:3")
-    assert_indexed(cdc, f"{cdc.schema}.faq:globex:sso", "SSO?", "text")
-    assert_indexed(
-        cdc, f"{cdc.schema}.faq:acme:reset", "How do I reset?\n\nPress the reset button.", "text"
-    )
-    assert_gone(cdc, f"{cdc.schema}.faq:acme:rotate")
+    def changes_indexed() -> None:
+        (chunk,) = assert_indexed(cdc, f"{cdc.schema}.articles:1", "Compaction\n\nShort now.")
+        assert chunk.version > 0  # the LSN of the update
+        assert_indexed(cdc, f"{cdc.schema}.articles:10", f"New\n\n{new_body}")
+        assert_gone(cdc, f"{cdc.schema}.articles:3")
+        assert_indexed(cdc, f"{cdc.schema}.faq:globex:sso", "SSO?", "text")
+        reset = "How do I reset?\n\nPress the reset button."
+        assert_indexed(cdc, f"{cdc.schema}.faq:acme:reset", reset, "text")
+        assert_gone(cdc, f"{cdc.schema}.faq:acme:rotate")
+
+    cdc.until_indexed(changes_indexed)
 
 
 def test_update_of_a_non_text_column_keeps_the_toasted_body(cdc):
@@ -277,10 +301,12 @@ def test_update_of_a_non_text_column_keeps_the_toasted_body(cdc):
     )
     (update,) = [v for k, v in events if k == {"id": 2} and v and v["op"] == "u"]
     assert update["before"]["body"] == toast_body()  # what REPLICA IDENTITY FULL buys
-    cdc.run()
 
-    chunks = assert_indexed(cdc, f"{cdc.schema}.articles:2", f"Big\n\n{toast_body()}")
-    assert {tuple(c.metadata["tags"]) for c in chunks} == {("toast", "updated")}
+    def body_kept() -> None:
+        chunks = assert_indexed(cdc, f"{cdc.schema}.articles:2", f"Big\n\n{toast_body()}")
+        assert {tuple(c.metadata["tags"]) for c in chunks} == {("toast", "updated")}
+
+    cdc.until_indexed(body_kept)
 
 
 def test_applying_the_connector_twice_is_harmless(cdc):
@@ -311,11 +337,14 @@ def test_restarted_connector_resumes_without_loss_or_duplicates(cdc):
     for i in range(20, 25):
         assert sum(1 for k, v in events if k == {"id": i}) == 1
     assert sum(1 for k, v in events if v and v["after"] and v["after"]["title"] == "Restarted") == 1
-    cdc.run()
-    for i in range(20, 25):
-        body = f"Body of document {i}. " * 5
-        assert_indexed(cdc, f"{cdc.schema}.articles:{i}", f"Doc {i}\n\n{body}")
-    assert_indexed(cdc, f"{cdc.schema}.articles:25", "Restarted\n\nB")
+
+    def all_indexed() -> None:
+        for i in range(20, 25):
+            body = f"Body of document {i}. " * 5
+            assert_indexed(cdc, f"{cdc.schema}.articles:{i}", f"Doc {i}\n\n{body}")
+        assert_indexed(cdc, f"{cdc.schema}.articles:25", "Restarted\n\nB")
+
+    cdc.until_indexed(all_indexed)
 
 
 def written_while_down(i: int) -> str:
@@ -343,11 +372,15 @@ def test_a_killed_connect_worker_resumes_without_loss_or_regression(cdc, stack):
     events = cdc.wait_for("articles", has("c", id=49), timeout=180)
     for i in range(41, 45):  # none lost (a replay after the kill may repeat some)
         assert any(k == {"id": i} for k, _ in events), f"row {i} was lost"
-    cdc.run()
-    for i in range(41, 45):
-        assert_indexed(cdc, f"{cdc.schema}.articles:{i}", f"Doc {i}\n\n{written_while_down(i)}")
-    # A re-delivered older create of row 40 must not win over its later update.
-    assert_indexed(cdc, f"{cdc.schema}.articles:40", "Updated while down\n\nB")
+
+    def none_lost_none_regressed() -> None:
+        for i in range(41, 45):
+            written = f"Doc {i}\n\n{written_while_down(i)}"
+            assert_indexed(cdc, f"{cdc.schema}.articles:{i}", written)
+        # A re-delivered older create of row 40 must not win over its later update.
+        assert_indexed(cdc, f"{cdc.schema}.articles:40", "Updated while down\n\nB")
+
+    cdc.until_indexed(none_lost_none_regressed)
 
 
 def test_transaction_straddling_the_snapshot_is_not_lost(cdc):
