@@ -1,8 +1,10 @@
 """Replay: rebuild the index from the embeddings topic into a new generation, verify, swap,
 roll back; on both stores, with real Kafka, PyFlink and the stores.
 
-One small index per store (3 documents: one updated so that a trim marker exists, one
-deleted), ingested once by the real ingest job and shared by the tests of this module.
+The index rebuilt is the shared running job's (tests/integration/live.py), while that job
+runs, as in production: the replays rebuild all of it, every other test's documents too.
+This module adds 3 documents of its own (one updated so that a trim marker exists, one
+deleted) and checks them by name.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -22,8 +24,9 @@ from streamrag.config import Settings
 from streamrag.generations import GenerationError
 from streamrag.kafka import send_all
 from streamrag.records import ChunkRecord, EmbeddingRecord
-from streamrag.stores.base import StoredChunk, VectorStore
-from tests.integration.conftest import Pipeline, make_pipeline, rec, trim
+from streamrag.stores.base import Filters, StoredChunk, VectorStore
+from tests.integration.conftest import make_pipeline, rec, trim
+from tests.integration.live import LiveJob, Namespace
 
 PARAGRAPH = (
     "A compacted topic keeps the latest record of every key, so a consumer that "
@@ -36,17 +39,24 @@ def doc(doc_id: str, parts: int, word: str, version: int) -> dict:
     return {"id": doc_id, "text": text, "content_type": "markdown", "version": version}
 
 
-@pytest.fixture(scope="module", params=["milvus", "pgvector"])
-def ingested(request: pytest.FixtureRequest, stack: Settings) -> Iterator[Pipeline]:
-    p = make_pipeline(stack, request.param)
-    p.produce_docs([doc("a", 5, "alpha", 1), doc("b", 2, "beta", 1), doc("c", 2, "gamma", 1)])
-    p.produce([("a", json.dumps(doc("a", 2, "omega", 2))), ("c", None)])  # shrink; delete
-    p.run()
-    log = [json.loads(m.value)["chunk"] for m in p.topic(p.settings.kafka.embeddings_topic)]
-    assert any(c["op"] == "trim" and c["doc_id"] == "a" and c["position"] > 0 for c in log)
-    assert any(c["op"] == "trim" and c["doc_id"] == "c" and c["position"] == 0 for c in log)
-    yield p
-    generations.drop_all(p.settings)
+@dataclass
+class Ingested:
+    live: LiveJob
+    ns: Namespace
+
+
+@pytest.fixture(scope="module")
+def ingested(live: LiveJob) -> Ingested:
+    ns = live.namespace("replay")
+    live.produce_docs(
+        [doc(ns("a"), 5, "alpha", 1), doc(ns("b"), 2, "beta", 1), doc(ns("c"), 2, "gamma", 1)]
+    )
+    live.produce([(ns("a"), json.dumps(doc(ns("a"), 2, "omega", 2))), (ns("c"), None)])
+    live.settle()
+    log = [json.loads(m.value)["chunk"] for m in live.topic(live.settings.kafka.embeddings_topic)]
+    assert any(c["op"] == "trim" and c["doc_id"] == ns("a") and c["position"] > 0 for c in log)
+    assert any(c["op"] == "trim" and c["doc_id"] == ns("c") and c["position"] == 0 for c in log)
+    return Ingested(live, ns)
 
 
 def snapshot(store: VectorStore) -> dict[str, StoredChunk]:
@@ -125,14 +135,15 @@ def result_set(settings: Settings, name: str, vector: list[float]) -> frozenset:
         store.close()
 
 
-def test_rematerialize_rebuilds_verifies_and_swaps_without_a_gap(ingested: Pipeline):
-    settings = ingested.settings
-    live = ingested.store()
+def test_rematerialize_rebuilds_verifies_and_swaps_without_a_gap(ingested: Ingested):
+    settings, ns = ingested.live.settings, ingested.ns
+    live = ingested.live.store()
     before = generations.serving(settings)
     assert before is not None
     want = snapshot(live)
-    assert {c.doc_id for c in want.values()} == {"a", "b"}
-    victim = want[sorted(want)[0]]
+    ours = {i: c for i, c in want.items() if c.doc_id.startswith(ns.prefix)}
+    assert {c.doc_id for c in ours.values()} == {ns("a"), ns("b")}
+    victim = ours[sorted(ours)[0]]
     corrupt(live, victim, "CORRUPTED " + victim.text)  # the serving index has gone bad
 
     reader = Reader(live, victim.vector)
@@ -166,8 +177,8 @@ def test_rematerialize_rebuilds_verifies_and_swaps_without_a_gap(ingested: Pipel
     assert bad in reader.seen and good in reader.seen
 
 
-def test_failed_verification_leaves_the_old_generation_serving(ingested: Pipeline):
-    settings = ingested.settings
+def test_failed_verification_leaves_the_old_generation_serving(ingested: Ingested):
+    settings = ingested.live.settings
     before = generations.serving(settings)
     names_before = [g.name for g in generations.list_generations(settings)]
 
@@ -185,11 +196,11 @@ def test_failed_verification_leaves_the_old_generation_serving(ingested: Pipelin
     assert [g.name for g in generations.list_generations(settings)] == names_before
 
 
-def test_retriever_uses_the_serving_generations_model(ingested: Pipeline):
+def test_retriever_uses_the_serving_generations_model(ingested: Ingested):
     from streamrag.models import BUNDLED_MODEL_ID
     from streamrag.retrieval import Retriever, serving_model
 
-    settings = ingested.settings
+    settings = ingested.live.settings
     assert serving_model(settings).model_id == BUNDLED_MODEL_ID
     retriever = Retriever(settings)
     assert retriever.search("compacted topic latest record", 3)
@@ -208,23 +219,31 @@ def test_retriever_uses_the_serving_generations_model(ingested: Pipeline):
 
 
 def test_a_full_replay_with_another_model_switches_searches_to_it(
-    ingested: Pipeline, second_model: str
+    ingested: Ingested, second_model: str
 ):
+    """Re-chunked from the documents topic through new topics, re-embedded by another
+    model, verified and swapped in: searches then use that model."""
     from streamrag.models import ModelRef, ModelTokenizer, load_model
     from streamrag.records import model_input
     from streamrag.retrieval import Retriever
 
-    settings = ingested.settings
+    settings, ns = ingested.live.settings, ingested.ns
     before = generations.serving(settings)
-    live = ingested.store()
+    live = ingested.live.store()
     old = snapshot(live)
     new = full_replay(settings, model=second_model, progress=False)
     try:
         assert new.serving and new.model_id == second_model != before.model_id
         got = snapshot(live)  # the serving name now shows the new model's generation
         assert sorted(got) == sorted(old)
+        assert {i: c.text for i, c in got.items()} == {i: c.text for i, c in old.items()}
         assert {c.model_id for c in got.values()} == {second_model}
-        probe = got[sorted(got)[0]]
+        # It went through topics of its own, named after the generation.
+        suffix = new.name.rpartition("__")[2]
+        topic = f"{settings.kafka.embeddings_topic}.{suffix}"
+        replayed = {json.loads(m.value)["chunk"]["doc_id"] for m in ingested.live.topic(topic)}
+        assert {ns("a"), ns("b")} <= replayed
+        probe = got[sorted(i for i, c in got.items() if c.doc_id == ns("a"))[0]]
         model = load_model(ModelRef(second_model, second_model))
         assert (
             ModelTokenizer(ModelRef(second_model, second_model)).max_length == model.max_seq_length
@@ -236,7 +255,7 @@ def test_a_full_replay_with_another_model_switches_searches_to_it(
 
         retriever = Retriever(settings)
         assert retriever.model_id == second_model  # queries use the index's model
-        (hit,) = retriever.search(given, 1)
+        (hit,) = retriever.search(given, 1, Filters(fields={"doc_id": ns("a")}))
         assert hit.chunk.chunk_id == probe.chunk_id and hit.score > 0.99
         retriever.close()
     finally:
@@ -271,8 +290,8 @@ def test_a_replay_writes_its_last_partial_batch_and_trims_before_the_job_ends(st
         generations.drop_all(p.settings)
 
 
-def test_drop_old_keeps_the_serving_generation(ingested: Pipeline):
-    settings = ingested.settings
+def test_drop_old_keeps_the_serving_generation(ingested: Ingested):
+    settings = ingested.live.settings
     serving = generations.serving(settings)
     extra = generations.create_generation(settings, serving.model_id, 384)
     dropped = generations.drop_old(settings, keep=1)
@@ -281,28 +300,11 @@ def test_drop_old_keeps_the_serving_generation(ingested: Pipeline):
     assert len(left) == 2
 
 
-def test_full_replay_rebuilds_through_new_topics(ingested: Pipeline):
-    settings = ingested.settings
-    if settings.store.kind != "milvus":
-        pytest.skip("one store is enough: the stores' part is what rematerialize covers")
-    live = ingested.store()
-    want = snapshot(live)
-    new = full_replay(settings, progress=False)
-    assert new.serving and new.model_id == next(iter(want.values())).model_id
-    suffix = new.name.rpartition("__")[2]
-    topic = f"{settings.kafka.embeddings_topic}.{suffix}"
-    assert {json.loads(m.value)["chunk"]["doc_id"] for m in ingested.topic(topic)} >= {"a", "b"}
-    got = snapshot(live)
-    assert sorted(got) == sorted(want)
-    assert {i: c.text for i, c in got.items()} == {i: c.text for i, c in want.items()}
-    live.close()
-
-
-def test_catch_up_and_verify_rebuild_from_the_log_without_flink(ingested: Pipeline):
+def test_catch_up_and_verify_rebuild_from_the_log_without_flink(ingested: Ingested):
     from jobs.indexing.log import LogState, verify
     from jobs.replay.driver import catch_up
 
-    settings = ingested.settings
+    settings = ingested.live.settings
     name = generations.create_generation(settings, "m", 384)
     store = generations.open_generation(settings, name)
     try:
@@ -317,16 +319,20 @@ def test_catch_up_and_verify_rebuild_from_the_log_without_flink(ingested: Pipeli
         generations.drop_generation(settings, name)
 
 
-def test_the_ingest_job_writes_to_the_serving_generation_after_a_swap(ingested: Pipeline):
-    settings = ingested.settings
-    serving = generations.serving(settings)
-    others = [g.name for g in generations.list_generations(settings) if not g.serving]
-    ingested.produce_docs([doc("d", 1, "delta", 1)])
-    ingested.run()  # writes through the serving name (alias / view)
-    store = generations.open_generation(settings, serving.name)
-    assert store.doc_chunk_ids("d") != []
+def test_the_ingest_job_writes_to_the_serving_generation_after_a_swap(ingested: Ingested):
+    """The running job, started before the swaps of this module, writes through the serving
+    name (a Milvus alias, a pgvector view): what it indexes now lands in the generation
+    that serves, and in no other."""
+    live, ns = ingested.live, ingested.ns
+    serving = generations.serving(live.settings)
+    others = [g.name for g in generations.list_generations(live.settings) if not g.serving]
+    assert others, "this module's replays left no other generation"
+    live.produce_docs([doc(ns("d"), 1, "delta", 1)])
+    live.settle()
+    store = generations.open_generation(live.settings, serving.name)
+    assert store.doc_chunk_ids(ns("d")) != []
     store.close()
     for name in others:
-        store = generations.open_generation(settings, name)
-        assert store.doc_chunk_ids("d") == []
+        store = generations.open_generation(live.settings, name)
+        assert store.doc_chunk_ids(ns("d")) == []
         store.close()
