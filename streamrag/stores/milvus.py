@@ -63,6 +63,8 @@ _TYPES: Final = {
 log = logging.getLogger(__name__)
 # Trims per delete expression: one round trip for a batch's documents, expressions short.
 TRIMS_PER_DELETE = 100
+# A new collection's indexes are built at once (it is empty); a server this slow is down.
+INDEX_BUILD_TIMEOUT_S = 60
 
 
 def _reload_before_retry(state: RetryCallState) -> None:
@@ -139,14 +141,32 @@ class MilvusStore:
                 output_field_names=[LEXICAL],
             )
         )
-        index = self._client.prepare_index_params()
-        index.add_index(field_name=VECTOR, index_type=self._vector_index, metric_type="COSINE")
-        index.add_index(field_name=LEXICAL, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        self._client.create_collection(self.collection, schema=schema)
+        self._create_index(VECTOR, index_type=self._vector_index, metric_type="COSINE")
+        self._create_index(LEXICAL, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         # Trims, document() and doc_chunk_ids() filter on the document id (the index
         # serves sealed segments: Milvus Lite seals only at a flush, see the README).
-        index.add_index(field_name="doc_id", index_type="INVERTED")
-        self._client.create_collection(self.collection, schema=schema, index_params=index)
+        self._create_index("doc_id", index_type="INVERTED")
         self._client.load_collection(self.collection)
+
+    def _create_index(self, field: str, **params: str) -> None:
+        """Index ``field`` and wait until it is built. (pymilvus's own wait, sync=True,
+        sleeps 0.5 s before its first look, for every index: 1.5 s for each new collection,
+        whose indexes are built at once as it is empty.)"""
+        index = self._client.prepare_index_params()
+        index.add_index(field_name=field, **params)
+        self._client.create_index(self.collection, index, sync=False)  # the request only
+        deadline = time.monotonic() + INDEX_BUILD_TIMEOUT_S
+        while True:
+            described = self._client.describe_index(self.collection, field)
+            if described.get("state") == "Finished":
+                return
+            if described.get("state") == "Failed":
+                reason = described.get("index_state_fail_reason", "")
+                raise StoreError(f"Milvus could not index {self.collection}.{field}: {reason}")
+            if time.monotonic() > deadline:
+                raise StoreUnreachable(f"Milvus did not index {self.collection}.{field} in time")
+            time.sleep(0.02)
 
     def reload(self) -> None:
         """Load the collection again (a restarted server serves it released); quiet when
