@@ -48,6 +48,8 @@ class KafkaRefused(UserError):
 # librdkafka's codes for "this client will never get in as it is configured".
 _REFUSED = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
 _TRANSPORT = "Broker transport failure"
+# How long one metadata request may wait before the error callbacks are served.
+METADATA_SLICE_S = 0.5
 _DETAIL = re.compile(r"^\S+://\S+: |^\S+/bootstrap: | \(after \d+ms in state \w+\)$")
 
 
@@ -82,6 +84,21 @@ def refused_or_unreachable(settings: Settings, e: KafkaException, client: Any) -
     by the error callback) when Kafka refused it, else KafkaUnavailable."""
     client.poll(0.2)  # serves the error callbacks: raises KafkaRefused if refused
     return KafkaUnavailable(f"Kafka at {settings.kafka.bootstrap} is not reachable: {e}")
+
+
+def list_topics(client: Any, topic: str | None = None, timeout_s: float = 10) -> Any:
+    """The cluster's metadata (of ``topic``, else of all topics), asked for in short
+    slices with the client's error callbacks served between them: a client that Kafka
+    refuses fails at once with KafkaRefused, not after the whole timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return client.list_topics(topic, timeout=max(min(METADATA_SLICE_S, left), 0.01))
+        except KafkaException:
+            client.poll(0)  # serves the error callbacks: raises KafkaRefused if refused
+            if left <= METADATA_SLICE_S:
+                raise
 
 
 class TopicMissing(KafkaUnavailable):
@@ -120,7 +137,7 @@ def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics of topic_configs (idempotent); returns the ones created."""
     admin = AdminClient(client_config(settings), logger=LIBRDKAFKA)
     try:
-        existing = set(admin.list_topics(timeout=5).topics)
+        existing = set(list_topics(admin, timeout_s=5).topics)
     except KafkaException as e:
         raise refused_or_unreachable(settings, e, admin) from e
     # Replication factor -1: the cluster's default.replication.factor (3 with
@@ -241,7 +258,7 @@ def end_offsets_of(consumer: Consumer, topic: str) -> dict[int, int]:
     reraise=True,
 )
 def _end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
-    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    meta = list_topics(consumer, topic, timeout_s=10).topics.get(topic)
     if meta is None or (
         meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
     ):
