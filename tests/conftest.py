@@ -1,10 +1,16 @@
-"""The suite's tiers and its time.
+"""The suite's tiers, its workers and its time.
 
 Tiers (README: Tests): a test is in the ``services`` tier when it needs the local stack's
 real services: everything under tests/integration (which starts or uses them), and any
 other test whose fixtures include ``stack``. The marker is given here, from what a test
 uses, so that no test can forget it; ``pytest -m "not services"`` (``make test-fast``) is
 the rest: the unit tests and the in-process Flink tier.
+
+Workers: most of the suite's time is waiting (a JVM starting, a checkpoint, a service
+coming back), so ``make test`` runs it on two workers (pytest-xdist, ``--dist
+loadgroup``). Tests that share a fixture wider than a function, or a service that one of
+them stops, form a group, which runs on one worker (``group_of``); the longest groups are
+handed out first.
 
 Time: a test whose setup, call and teardown take more than ``SLOW_S`` is named at the end
 of the run, unless it is in a fault suite (marker ``faults``) or its docstring says why it
@@ -21,45 +27,73 @@ import pytest
 
 SLOW_S = 120.0
 JUSTIFIED = "Over 120 s:"
-INTEGRATION = Path(__file__).parent / "integration"
+TESTS = Path(__file__).parent
+INTEGRATION = TESTS / "integration"
+FLINK = TESTS / "flink"
+# Modules that use the dev stack's Kafka Connect worker while one of them kills it
+# (test_cdc), or that check the stack's processes (test_stack): one worker for all.
+DEV_CONNECT = frozenset({"test_cdc", "test_snapshot", "test_demo", "test_stack"})
+# Groups by how long they take (longest first, measured), so that the longest start first
+# and the short ones and the unit tests fill the gaps. Others come after these.
+LONGEST_FIRST = ("test_faults", "ingest", "dev-connect", "test_operations", "test_secure")
 
 
+def group_of(path: Path) -> str | None:
+    """The worker group of a test module; None: any worker."""
+    if path.parent == FLINK:
+        return "flink"  # one JVM gateway per process, started by the first test
+    if INTEGRATION not in path.parents:
+        return None
+    inner = path.relative_to(INTEGRATION).parts
+    if len(inner) > 1:
+        return inner[0]  # a package whose tests share a job (tests/integration/ingest)
+    return "dev-connect" if path.stem in DEV_CONNECT else path.stem
+
+
+def _rank(item: pytest.Item) -> tuple[int, int]:
+    group = group_of(Path(item.path))
+    if group in LONGEST_FIRST:
+        return (0, LONGEST_FIRST.index(group))
+    return (1, 0) if group is not None else (2, 0)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering (by fixture parameters)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        uses_stack = "stack" in getattr(item, "fixturenames", ())
-        if uses_stack or INTEGRATION in Path(item.path).parents:
+        path = Path(item.path)
+        if "stack" in getattr(item, "fixturenames", ()) or INTEGRATION in path.parents:
             item.add_marker(pytest.mark.services)
+        group = group_of(path)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+        doc = getattr(getattr(item, "function", None), "__doc__", None) or ""
+        if any(line.strip().startswith(JUSTIFIED) for line in doc.splitlines()):
+            item.add_marker(pytest.mark.slow_with_reason)
+    items.sort(key=_rank)  # stable: within a rank, collection order
 
 
 _durations: dict[str, float] = defaultdict(float)
-_items: dict[str, pytest.Item] = {}
+_exempt: set[str] = set()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Reports come from the workers too (with their keywords): this runs where the
+    # summary is written.
     _durations[report.nodeid] += report.duration
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    _items.update({item.nodeid: item for item in session.items})
+    if "faults" in report.keywords or "slow_with_reason" in report.keywords:
+        _exempt.add(report.nodeid)
 
 
 def unjustified_slow_tests(
-    durations: dict[str, float], items: dict[str, pytest.Item]
+    durations: dict[str, float], exempt: set[str]
 ) -> list[tuple[str, float]]:
     """Tests over SLOW_S that are neither in a fault suite nor say why in their docstring."""
-    slow = []
-    for nodeid, seconds in durations.items():
-        item = items.get(nodeid)
-        if seconds <= SLOW_S or item is None or item.get_closest_marker("faults"):
-            continue
-        doc = getattr(getattr(item, "function", None), "__doc__", None) or ""
-        if not any(line.strip().startswith(JUSTIFIED) for line in doc.splitlines()):
-            slow.append((nodeid, seconds))
+    slow = [(n, s) for n, s in durations.items() if s > SLOW_S and n not in exempt]
     return sorted(slow, key=lambda pair: -pair[1])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    slow = unjustified_slow_tests(_durations, _items)
+    slow = unjustified_slow_tests(_durations, _exempt)
     if slow:
         terminalreporter.write_sep("-", f"over {SLOW_S:.0f} s without a reason (a defect)")
         for nodeid, seconds in slow:
