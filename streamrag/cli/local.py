@@ -114,8 +114,9 @@ def cluster_upgrade(
         ),
     ] = None,
 ) -> None:
-    """Stop the running ingest job with a savepoint and submit the current code from it,
-    with its state (detached); `--parallelism` rescales it."""
+    """Stop the running ingest job with a savepoint (drained: waiting batches are written
+    first) and submit the current code from it, with its state (detached); `--parallelism`
+    rescales it."""
     location, job_id = cluster.upgrade(settings_of(ctx), parallelism=parallelism)
     typer.echo(f"stopped with savepoint {location}")
     typer.echo(f"running job {job_id}, restored from it")

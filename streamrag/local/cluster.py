@@ -259,9 +259,18 @@ def stop_with_savepoint(
     settings: Settings, job_id: str | None = None, timeout_s: float = 300
 ) -> str:
     """Stop the running ingest job with a savepoint (no records after it are processed,
-    the sinks flush); returns the savepoint's path."""
+    the sinks flush); returns the savepoint's path.
+
+    Drained: the final watermark fires the embed stage's end-of-input timers first, so the
+    batches waiting in its state are embedded and written before the savepoint and none is
+    carried over. A carried-over batch waits under a batch key of the old parallelism; at
+    another parallelism no event comes to that key again, and its restored timer was seen
+    not to fire (PyFlink's process mode): the batch waited for good, and once a later
+    rescale brought the key back it was written after newer versions and deletes of its
+    documents (deleted documents came back). The job has no other event-time logic, so
+    the drained savepoint resumes it exactly."""
     job = job_id or running_job()
-    body = {"targetDirectory": savepoints_dir(settings).as_uri(), "drain": False}
+    body = {"targetDirectory": savepoints_dir(settings).as_uri(), "drain": True}
     trigger = _rest("POST", f"/jobs/{job}/stop", json=body)["request-id"]
     location = _savepoint_location(job, trigger, timeout_s)
     _wait_for_state(job, {"FINISHED", "CANCELED"}, timeout_s)
