@@ -10,13 +10,12 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import requests
-from confluent_kafka import Consumer, TopicPartition
 
 from jobs.chunking.planner import chunk_id
 from jobs.chunking.stage import ChunkStage
@@ -72,25 +71,6 @@ def index_now(p: Pipeline) -> dict[str, tuple]:
         }
     finally:
         store.close()
-
-
-def committed_offsets(settings: Settings) -> int:
-    """Sum of the offsets the job's consumer group has committed on the documents topic."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": settings.kafka.group_id,
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        parts = [
-            TopicPartition(settings.kafka.documents_topic, p)
-            for p in range(settings.kafka.partitions)
-        ]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
-    finally:
-        consumer.close()
 
 
 @dataclass
@@ -171,42 +151,6 @@ def crash_mid_way(
     kill()
 
 
-def wave(version: int, parts: int, deleted: set[str]) -> list[dict]:
-    return [document(n, version, parts) for n in range(40) if f"note-{n:02}" not in deleted]
-
-
-@contextlib.contextmanager
-def cluster_job(settings: Settings) -> Iterator[str]:
-    """The ingest job submitted (unbounded, detached) to a local standalone Flink cluster;
-    yields its job id and cancels it at the end."""
-    cluster.up(settings)
-    try:
-        cluster.submit(settings, detached=True)
-        jobs = requests.get(f"{FLINK_REST}/jobs/overview", timeout=10).json()["jobs"]
-        (job_id,) = [j["jid"] for j in jobs if j["state"] == "RUNNING"]
-        yield job_id
-        requests.patch(f"{FLINK_REST}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10)
-    finally:
-        cluster.down(settings)
-
-
-def kill_task_manager_python_workers() -> None:
-    workers = [
-        c
-        for tm in _processes("TaskManagerRunner")
-        for c in _children(tm)
-        if "pyflink.fn_execution" in _cmdline(c)
-    ]
-    assert workers, "no Python worker process under the TaskManager"
-    for worker in workers:
-        with contextlib.suppress(psutil.Error):
-            worker.send_signal(signal.SIGKILL)
-
-
-def _processes(marker: str) -> list[psutil.Process]:
-    return [p for p in psutil.process_iter() if marker in _cmdline(p)]
-
-
 def _children(process: psutil.Process) -> list[psutil.Process]:
     try:
         return list(process.children(recursive=True))
@@ -227,13 +171,6 @@ def completed_checkpoints(job_id: str) -> int:
     return int(stats["counts"]["completed"])
 
 
-def flink_job(job_id: str) -> tuple[str, int]:
-    """(state, failures so far) of a job on the local cluster."""
-    state = requests.get(f"{FLINK_REST}/jobs/{job_id}", timeout=10).json()["state"]
-    history = requests.get(f"{FLINK_REST}/jobs/{job_id}/exceptions", timeout=10).json()
-    return state, len(history["exceptionHistory"]["entries"])
-
-
 def without(index: dict[str, tuple], doc_ids: set[str]) -> dict[str, tuple]:
     return {k: v for k, v in index.items() if v[0] not in doc_ids}
 
@@ -247,3 +184,34 @@ def embedded_per_chunk(settings: Settings) -> dict[str, int]:
             cid = record["chunk"]["chunk_id"]
             counts[cid] = counts.get(cid, 0) + 1
     return counts
+
+
+def kill_python_workers(settings: Settings) -> list[int]:
+    """SIGKILL the job's Python worker processes under this cluster's TaskManagers (found
+    by its config directory), which live on; returns the pids killed."""
+    workers: list[psutil.Process] = []
+    for pid in cluster.taskmanager_pids(settings):
+        with contextlib.suppress(psutil.Error):  # a TaskManager that just ended
+            tm = psutil.Process(pid)
+            workers += [c for c in _children(tm) if "pyflink.fn_execution" in _cmdline(c)]
+    assert workers, "no Python worker process under the cluster's TaskManagers"
+    for worker in workers:
+        with contextlib.suppress(psutil.Error):
+            worker.send_signal(signal.SIGKILL)
+    return [w.pid for w in workers]
+
+
+def restored_from(job_id: str) -> dict | None:
+    """What a job on the local cluster restored its state from (Flink REST: the latest
+    restored checkpoint or savepoint, with ``is_savepoint``), or None: it started empty."""
+    stats = requests.get(f"{FLINK_REST}/jobs/{job_id}/checkpoints", timeout=10).json()
+    return (stats.get("latest") or {}).get("restored")
+
+
+def chunk_records(settings: Settings) -> list[dict]:
+    """Every record of the chunks topic (upserts and trims), tombstones left out."""
+    return [
+        json.loads(m.value)
+        for m in read_log(settings, settings.kafka.chunks_topic, timeout_s=60)
+        if m.value
+    ]

@@ -9,43 +9,34 @@
   chunks nothing again that it had processed;
 - a local job killed mid-wave and followed by a job without state (from the committed
   offsets) leaves the index a clean run gives;
-- an upgrade through a savepoint on the local cluster, mid-stream, loses, duplicates
-  and re-embeds nothing, and carries the per-document state over.
+(Upgrades and rescaling through savepoints on a cluster: tests/integration/test_faults.py.)
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
 import promql_parser
-import pytest
-import requests
 import yaml
 
 from streamrag import generations
-from streamrag.config import PROJECT_ROOT, Settings, load_settings
-from streamrag.kafka import read_log
-from streamrag.local import cluster
+from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.local.checkpoints import checkpoints_dir
 from streamrag.metrics import OPERATOR_PREFIX as OPERATOR
 from streamrag.metrics import Samples, operator_total
 from streamrag.metrics import scrape as read_metrics
 from tests.integration.conftest import CLI, Pipeline, make_pipeline
 from tests.integration.harness import (
-    FLINK_REST,
     Job,
-    cluster_job,
+    chunk_records,
     crash_mid_way,
     document,
-    embedded_per_chunk,
     expected_index,
     index_now,
     poll,
@@ -79,14 +70,6 @@ def shipped_expressions() -> list[str]:
     dashboard = json.loads((monitoring / "dashboard.json").read_text())
     exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     return exprs
-
-
-def chunk_records(settings: Settings) -> list[dict]:
-    return [
-        json.loads(m.value)
-        for m in read_log(settings, settings.kafka.chunks_topic, timeout_s=60)
-        if m.value
-    ]
 
 
 # The first documents of a job wait for its start (the model loads, the first bundles):
@@ -265,49 +248,3 @@ def crash_mid_wave(p: Pipeline, job: Job, docs: list[dict]) -> dict[str, tuple]:
     want = without(expected_index(p.settings, docs + changes), deleted)
     crash_mid_way(p, want, job.kill, job.check_running)
     return want
-
-
-def test_an_upgrade_through_a_savepoint_mid_stream_keeps_records_and_state(
-    stack: Settings, monkeypatch: pytest.MonkeyPatch
-):
-    p = make_pipeline(stack, "milvus")
-    monkeypatch.setattr(os, "environ", p.env)  # the cluster and the job read this config
-    settings = load_settings()
-    first = [document(n, 1, parts=3) for n in range(8)]
-    during = [document(n, 1, parts=3) for n in range(8, 14)]
-    after = [document(n, 1, parts=3) for n in range(14, 18)]
-    changed = document(1, 2, parts=2)
-    with cluster_job(settings) as old_job:
-        p.produce_docs(first)
-        poll(lambda: index_now(p) == expected_index(settings, first), "the first documents")
-        p.produce_docs(during)  # still flowing when the upgrade stops the job
-        started = time.monotonic()
-        done = subprocess.run(
-            [CLI, "cluster", "upgrade"], env=p.env, capture_output=True, text=True, timeout=600
-        )
-        assert done.returncode == 0, done.stderr
-        took_s = time.monotonic() - started
-        assert "stopped with savepoint" in done.stdout
-        new_job = cluster.running_job()
-        assert new_job != old_job
-        restored = requests.get(f"{FLINK_REST}/jobs/{new_job}/checkpoints", timeout=10).json()
-        assert restored["latest"]["restored"]["is_savepoint"] is True
-
-        p.produce_docs([*after, first[0], changed])  # first[0] again, unchanged
-        want = expected_index(settings, first + during + after + [changed])
-        poll(lambda: index_now(p) == want, "the upgraded job to catch up")
-        requests.patch(f"{FLINK_REST}/jobs/{new_job}", params={"mode": "cancel"}, timeout=10)
-    print(f"upgrade (stop with savepoint + submit) took {took_s:.1f} s")
-
-    records = chunk_records(settings)
-    # No record lost or written twice: each (chunk, version) once in the chunks topic.
-    per_version = Counter((r["chunk_id"], r["version"], r["op"]) for r in records)
-    assert max(per_version.values()) == 1
-    # The state came over: first[0], sent again unchanged, was not chunked again...
-    first_records = len(expected_index(settings, [first[0]])) + 1  # its chunks and trim
-    assert sum(r["doc_id"] == first[0]["id"] for r in records) == first_records
-    # ...and no chunk went through the model twice but those of the changed document.
-    embedded = embedded_per_chunk(settings)
-    twice = {want[cid][0] for cid, n in embedded.items() if n > 1}
-    assert twice == {changed["id"]} and max(embedded.values()) == 2
-    assert p.dead_letters() == []
