@@ -53,7 +53,7 @@ from confluent_kafka.admin import AdminClient
 from jobs.chunking.planner import chunk_id
 from streamrag import generations
 from streamrag.config import Settings, isolated_env
-from streamrag.kafka import RecordProducer, ensure_topics, pending_records
+from streamrag.kafka import RecordProducer, end_offsets, ensure_topics, pending_records, read_log
 from streamrag.local import cluster, stack
 from streamrag.local.kafka import Kafka, bootstrap_servers
 from tests.integration.conftest import CLI, Pipeline, settings_with
@@ -355,6 +355,13 @@ def upgrade(p: Pipeline, parallelism: int | None = None, **config: str) -> str:
     return job
 
 
+def latest_checkpoint_triggered_ms(job: str) -> int:
+    """When the job's latest completed checkpoint was triggered (epoch ms; 0: none yet)."""
+    stats = requests.get(f"{FLINK_REST}/jobs/{job}/checkpoints", timeout=10).json()
+    latest = (stats.get("latest") or {}).get("completed") or {}
+    return int(latest.get("trigger_timestamp", 0))
+
+
 def cancel(job: str) -> None:
     """Cancel the job if the cluster still answers (a failed test may have lost it)."""
     with contextlib.suppress(requests.RequestException):
@@ -577,14 +584,12 @@ def test_one_milvus_job_life_through_four_faults(
 
 
 # How long a cross-document batch waits for more chunks in the last phase of the pgvector
-# life (flushed only by its timer): long enough to see a checkpoint hold the documents'
-# offsets and crash the job before the batch goes out; short, since the phase waits it
-# out twice (the restored batch, then a lone update). Measured here with the job warm:
-# the documents are chunked 1 to 2 s after they are sent and every checkpoint after that
-# holds them, but the Kafka source commits a checkpoint's offsets to the group about
-# 10 s late (10.4 to 11.3 s from sent to committed in 14 rounds; ``checkpointed_s``);
-# 20 s keeps 6 s in hand beyond the 3 s that the test asks for.
-BATCH_WAIT_MS = 20_000
+# life (flushed only by its timer): long enough to see a checkpoint hold the batch and
+# crash the job before the batch goes out; short, since the phase waits it out twice (the
+# restored batch, then a lone update). With the job warm, the documents are chunked 1 to
+# 2 s after they are sent, and the next checkpoint (every 2 s) holds them: ~5 s in all,
+# which leaves 10 s in hand on a slow day.
+BATCH_WAIT_MS = 15_000
 
 
 def test_one_pgvector_job_life_rescaled_through_savepoints_then_an_outage_and_a_crash(
@@ -647,15 +652,27 @@ def test_one_pgvector_job_life_rescaled_through_savepoints_then_an_outage_and_a_
             EMBEDDING__MAX_WAIT_MS=str(BATCH_WAIT_MS),
             EMBEDDING__MAX_BATCH_CHUNKS="100000",  # only the timer flushes
         )
-        kafka = p.settings.kafka
         notes = [document(n, 1, parts=3) for n in range(12)]
         note_chunks = {cid for d in notes for cid in traffic.chunks(d)}  # before the clock
         poll(lambda: completed_checkpoints(job) > 0, "the job's first checkpoint (workers up)")
+        chunks_topic = p.settings.kafka.chunks_topic
+        before = end_offsets(p.settings, chunks_topic)
         sent = time.monotonic()
         traffic.send(notes)
+
+        def chunked() -> set[str]:  # the documents whose event (its trim last) was chunked
+            log = read_log(p.settings, chunks_topic, start=before, timeout_s=30)
+            records = [json.loads(m.value) for m in log if m.value]
+            return {r["doc_id"] for r in records if r["op"] == "trim"}
+
+        # Chunked: their events are in the embed stage's state; the next checkpoint that
+        # completes holds them (the group's committed offsets would say so ~10 s later).
+        ids = {d["id"] for d in notes}
+        poll(lambda: ids <= chunked(), "the documents chunked", timeout_s=BATCH_WAIT_MS / 1000)
+        chunked_ms = time.time() * 1000
         poll(
-            lambda: pending_records(p.settings, kafka.documents_topic, kafka.group_id) == 0,
-            "a checkpoint with the documents read (the group's offsets at the end)",
+            lambda: latest_checkpoint_triggered_ms(job) > chunked_ms,
+            "a checkpoint with the waiting batch",
             timeout_s=BATCH_WAIT_MS / 1000,
         )
         checkpointed_s = time.monotonic() - sent
