@@ -42,10 +42,12 @@ stack-down:
 demo: stack-up
 	$(CLI) demo
 
-# Everything, on the real services (what .ci/run runs); ends with the 25 slowest tests and
-# the total, and names any test over 120 s that does not say why (tests/conftest.py).
+# Everything, on the real services (what .ci/run runs), on two workers (tests/conftest.py
+# keeps what must share one together); ends with the 25 slowest tests and the total, and
+# names any test over 120 s that does not say why. WORKERS=0 runs it in one process.
+WORKERS ?= 2
 test: stack-up
-	$(PY) -m pytest -q -ra --durations=25 tests
+	$(PY) -m pytest -q -ra --durations=25 -n $(WORKERS) --dist loadgroup tests
 
 # The tier without services: unit tests and the in-process Flink tier (about 2 minutes).
 test-fast: install

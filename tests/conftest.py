@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,11 +32,12 @@ TESTS = Path(__file__).parent
 INTEGRATION = TESTS / "integration"
 FLINK = TESTS / "flink"
 # Modules that use the dev stack's Kafka Connect worker while one of them kills it
-# (test_cdc), or that check the stack's processes (test_stack): one worker for all.
-DEV_CONNECT = frozenset({"test_cdc", "test_snapshot", "test_demo", "test_stack"})
+# (test_cdc), that check the stack's processes (test_stack), or that expect every check
+# of `streamrag status` but one to pass, Connect's included (test_operations): one worker.
+DEV_CONNECT = frozenset({"test_cdc", "test_snapshot", "test_demo", "test_stack", "test_operations"})
 # Groups by how long they take (longest first, measured), so that the longest start first
 # and the short ones and the unit tests fill the gaps. Others come after these.
-LONGEST_FIRST = ("test_faults", "ingest", "dev-connect", "test_operations", "test_secure")
+LONGEST_FIRST = ("test_faults", "ingest", "dev-connect", "test_secure")
 
 
 def group_of(path: Path) -> str | None:
@@ -63,13 +65,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = Path(item.path)
         if "stack" in getattr(item, "fixturenames", ()) or INTEGRATION in path.parents:
             item.add_marker(pytest.mark.services)
-        group = group_of(path)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
         doc = getattr(getattr(item, "function", None), "__doc__", None) or ""
         if any(line.strip().startswith(JUSTIFIED) for line in doc.splitlines()):
             item.add_marker(pytest.mark.slow_with_reason)
     items.sort(key=_rank)  # stable: within a rank, collection order
+
+
+def scope_of(nodeid: str) -> str:
+    """The unit of work that one worker runs whole: a test's group, else the test."""
+    group = group_of(TESTS.parent / nodeid.partition("::")[0])
+    return f"group:{group}" if group is not None else nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """For ``--dist loadgroup``: xdist's own groups come from ``xdist_group`` markers, which
+    it writes into the node ids, and pytest 9.2 no longer lets it (the marks are read but
+    the ids stay as they were, so groups were split across workers). Ours come from the
+    paths (``group_of``) and are handed out in collection order, the longest first."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    config.option.loadscopereorder = False  # keep the order of the collection
+    return ByGroup(config, log)
 
 
 _durations: dict[str, float] = defaultdict(float)
@@ -93,6 +116,19 @@ def unjustified_slow_tests(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Here, not in tests/integration/conftest.py: under xdist the controller, which writes
+    # the summary, loads only this conftest.
+    figures = [
+        f"{report.nodeid.split('::')[-1]}: "
+        + ", ".join(f"{name}={value}" for name, value in report.user_properties)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call" and getattr(report, "user_properties", None)
+    ]
+    if figures:  # what tests record with record_property (the fault tests' recoveries)
+        terminalreporter.write_sep("-", "recorded figures")
+        for line in figures:
+            terminalreporter.write_line(line)
     slow = unjustified_slow_tests(_durations, _exempt)
     if slow:
         terminalreporter.write_sep("-", f"over {SLOW_S:.0f} s without a reason (a defect)")

@@ -136,22 +136,6 @@ def second_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The figures that tests record with ``record_property`` (fault tests: how long the
-    job took to catch up after each fault), one line per test."""
-    lines = [
-        f"{report.nodeid.split('::')[-1]}: "
-        + ", ".join(f"{name}={value}" for name, value in report.user_properties)
-        for reports in terminalreporter.stats.values()
-        for report in reports
-        if getattr(report, "when", None) == "call" and getattr(report, "user_properties", None)
-    ]
-    if lines:
-        terminalreporter.write_sep("-", "recorded figures")
-        for line in lines:
-            terminalreporter.write_line(line)
-
-
 # Embedding records as the embed stage writes them: unit vectors, seeded by chunk.
 def vec(seed: int) -> list[float]:
     v = np.random.default_rng(seed).normal(size=DIM)
