@@ -39,6 +39,7 @@ from tests.flink.conftest import (
     FLINK_LOG_DIR,
     SOURCE_ROW,
     STORES,
+    Outputs,
     collect,
     environment,
     side,
@@ -120,6 +121,18 @@ def test_chunk_emits_changed_chunks_then_a_trim_and_drops_stale_events(flink_set
     assert (letter.stage, letter.key) == ("chunk", "b") and "no indexable text" in letter.reason
 
 
+def embed_and_index(settings: Settings, batches: list[Row]) -> Outputs:
+    """The embed stage (one batch key) then the index stage, on these batch rows."""
+    embedded = (
+        environment(settings)
+        .from_collection(batches, type_info=BATCH_ROW)
+        .key_by(lambda r: 0, key_type=Types.INT())
+        .process(EmbedChunks(settings), output_type=FLUSH_ROW)
+    )
+    indexed = embedded.process(IndexEmbeddings(settings), output_type=FLUSH_ROW)
+    return collect(indexed, [side(embedded), side(indexed)])
+
+
 @pytest.mark.parametrize("flink_settings", STORES, indirect=True)
 def test_embed_and_index_write_a_batch_and_dead_letter_one_the_store_rejects(flink_settings):
     model = resolve_model(flink_settings.embedding.model)
@@ -135,15 +148,7 @@ def test_embed_and_index_write_a_batch_and_dead_letter_one_the_store_rejects(fli
         batch_row(huge, Origin("documents", 0, 1), bad, "chunks"),
     ]
     try:
-        env = environment(flink_settings)
-        embedded = (
-            env.from_collection(batches, type_info=BATCH_ROW)
-            .key_by(lambda r: 0, key_type=Types.INT())
-            .process(EmbedChunks(flink_settings), output_type=FLUSH_ROW)
-        )
-        indexed = embedded.process(IndexEmbeddings(flink_settings), output_type=FLUSH_ROW)
-
-        out = collect(indexed, [side(embedded), side(indexed)])
+        out = embed_and_index(flink_settings, batches)
 
         # Both events went through the model in one flush; the store refused the flush,
         # so the index stage wrote event by event and dead-lettered only the culprit.
@@ -177,15 +182,7 @@ def test_stages_without_state_never_let_an_older_version_overwrite_the_index(fli
         batch_row("w", Origin("documents", 0, 1), [chunk("w", 0, "A new document.")], "chunks"),
     ]
     try:
-        env = environment(flink_settings)
-        embedded = (
-            env.from_collection(batches, type_info=BATCH_ROW)
-            .key_by(lambda r: 0, key_type=Types.INT())
-            .process(EmbedChunks(flink_settings), output_type=FLUSH_ROW)
-        )
-        indexed = embedded.process(IndexEmbeddings(flink_settings), output_type=FLUSH_ROW)
-
-        out = collect(indexed, [side(embedded), side(indexed)])
+        out = embed_and_index(flink_settings, batches)
 
         assert out.dead_letters == []
         (kept,) = store.get([chunk_id("v", 0)])
