@@ -27,7 +27,7 @@ def pdf_with_text(pages: Sequence[str], outline: Sequence[tuple[str, int]] = ())
         ops.append("ET")
         _page(writer, "\n".join(ops), DictionaryObject({NameObject("/F1"): font}))
     for title, index in outline:
-        writer.add_outline_item(title, index)
+        writer.add_outline_item(title=title, page_number=index)
     return _written(writer)
 
 
