@@ -107,9 +107,13 @@ def test_one_local_job_life_metrics_a_kill_a_resume_and_a_crash_without_state(
     Over 120 s: three job starts (~30 s each here), which are the subject."""
     p = make_pipeline(stack, "pgvector")
     p.env["STREAMRAG_FLINK__PROMETHEUS_PORT"] = str(free_port())
-    # Small cross-document batches: a wave is indexed in many writes, so that a crash can
-    # land in the middle of it.
+    # Small cross-document batches in small Python bundles: a wave is indexed in many
+    # writes spread over its embedding, so that a crash can land in the middle of it. (A
+    # bundle's output leaves the Python worker when the bundle ends: with the default
+    # bundles, a wave's batches can reach the index within a fraction of a second, and
+    # a busy machine's poll missed the middle of it.)
     p.env["STREAMRAG_EMBEDDING__MAX_BATCH_CHUNKS"] = "16"
+    p.env["STREAMRAG_FLINK__BUNDLE_SIZE"] = "4"
     first = [document(n, 1, parts=3) for n in range(8)]
     try:
         job = Job.start(p, tmp_path / "first.log")
