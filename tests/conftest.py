@@ -59,7 +59,7 @@ def _rank(item: pytest.Item) -> tuple[int, int]:
     return (1, 0) if group is not None else (2, 0)
 
 
-@pytest.hookimpl(trylast=True)  # after pytest's own reordering (by fixture parameters)
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(item.path)
@@ -68,7 +68,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         doc = getattr(getattr(item, "function", None), "__doc__", None) or ""
         if any(line.strip().startswith(JUSTIFIED) for line in doc.splitlines()):
             item.add_marker(pytest.mark.slow_with_reason)
-    items.sort(key=_rank)  # stable: within a rank, collection order
+
+
+class _LongestFirst:
+    """The items sorted by group rank, after pytest's own reordering (by fixture
+    parameters): a hook of its own, since the markers above must come before -m."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        items.sort(key=_rank)  # stable: within a rank, collection order
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_LongestFirst(), "streamrag-longest-first")
 
 
 def scope_of(nodeid: str) -> str:
