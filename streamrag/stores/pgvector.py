@@ -24,13 +24,12 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
-from psycopg.adapt import PyFormat
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
@@ -76,6 +75,13 @@ from streamrag.stores.schema import (
 EXACT_SCAN_ROWS = 20_000
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NAMES = [c.name for c in COLUMNS]
+_COPY_TYPES: Final[dict[str, str]] = {
+    "key": "text",
+    "vector": "vector",
+    "varchar": "text",
+    "int64": "bigint",
+    "json": "jsonb",
+}
 _READ = [KEY, *SCALARS]
 _transient = retry(
     retry=retry_if_exception_type(psycopg.OperationalError),
@@ -149,25 +155,35 @@ class PgvectorStore:
     def upsert(
         self, records: Sequence[EmbeddingRecord], stored_versions: Mapping[str, int] | None = None
     ) -> None:
-        # The statement guards versions itself (ON CONFLICT ... WHERE): stored_versions
-        # is not needed here.
+        """The batch in bulk: a binary COPY into a temporary table, then one set-based
+        INSERT ... ON CONFLICT that keeps the version guard (the statement guards versions
+        itself: stored_versions is not needed here)."""
         if not records:
             return
         now = int(time.time() * 1000)
-        rows = [_row(r, now) for r in records]
         with self.connection() as conn, conn.cursor() as cur:
-            cur.executemany(self._upsert_sql, rows)  # pipelined; HNSW upkeep dominates
+            cur.execute(_STAGING_DDL)
+            with cur.copy(_COPY_SQL) as copy:
+                copy.set_types(_STAGING_TYPES)
+                for ordinal, record in enumerate(records):
+                    copy.write_row((ordinal, *_row(record, now)))
+            cur.execute(self._upsert_sql)
 
     @one_line
     def trim(self, trims: Sequence[Trim]) -> None:
+        """Every trim in one statement: the rows of each document from its position on,
+        of its version or older."""
         if not trims:
             return
-        with self.connection() as conn, conn.cursor() as cur:
-            cur.executemany(  # pipelined: one round trip
+        doc_ids, positions, versions = (list(column) for column in zip(*trims, strict=True))
+        with self.connection() as conn:
+            conn.execute(
                 sql.SQL(
-                    "DELETE FROM {t} WHERE doc_id = %s AND position >= %s AND version <= %s"
+                    "DELETE FROM {t} USING unnest(%s::text[], %s::bigint[], %s::bigint[])"
+                    " AS trim(doc_id, position, version) WHERE {t}.doc_id = trim.doc_id"
+                    " AND {t}.position >= trim.position AND {t}.version <= trim.version"
                 ).format(t=self._t),
-                [tuple(t) for t in trims],
+                [doc_ids, positions, versions],
             )
 
     @one_line
@@ -464,19 +480,48 @@ def _configure(conn: Connection) -> None:
     conn.commit()  # the pool wants connections back idle, not inside the type lookup's txn
 
 
+def _cols(names: Sequence[str]) -> sql.Composable:
+    return sql.SQL(", ").join(map(sql.Identifier, names))
+
+
+# A batch of upserts is copied into this session's staging table (emptied at commit), in
+# pgvector's binary form (float32, no decimal text), with its place in the batch.
+_STAGING_NAME = "streamrag_upsert_staging"
+_STAGING = sql.Identifier(_STAGING_NAME)
+_STAGING_TYPES = ["bigint", *(_COPY_TYPES[c.kind] for c in COLUMNS)]
+# Made once per session (a DO block: CREATE ... IF NOT EXISTS would send a notice each time).
+_STAGING_DDL = sql.SQL(
+    "DO $$ BEGIN IF to_regclass('pg_temp.{name}') IS NULL THEN"
+    " CREATE TEMPORARY TABLE {s} (ordinal bigint, {cols}) ON COMMIT DELETE ROWS;"
+    " END IF; END $$"
+).format(
+    name=sql.SQL(_STAGING_NAME),  # a constant of ours
+    s=_STAGING,
+    cols=sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(_COPY_TYPES[c.kind]))
+        for c in COLUMNS
+    ),
+)
+_COPY_SQL = sql.SQL("COPY {s} (ordinal, {cols}) FROM STDIN (FORMAT BINARY)").format(
+    s=_STAGING, cols=_cols(_NAMES)
+)
+
+
 def _upsert_sql(t: sql.Identifier) -> sql.Composed:
+    """From the staging table, one row per chunk id (the newest version; of equal ones,
+    the last in the batch, as when the rows were written one by one), in key order (two
+    writers lock rows in the same order); a stored row is replaced only by one at least
+    as new, and an identical one is left alone."""
     content = [sql.Identifier(c) for c in CONTENT]
     return sql.SQL(
-        "INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT ({key}) DO UPDATE SET {sets}"
+        "INSERT INTO {t} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {s}"
+        " ORDER BY {key}, version DESC, ordinal DESC"
+        " ON CONFLICT ({key}) DO UPDATE SET {sets}"
         " WHERE {t}.version <= EXCLUDED.version AND ({old}) IS DISTINCT FROM ({new})"
     ).format(
         t=t,
+        s=_STAGING,
         cols=_cols(_NAMES),
-        # The vector goes in pgvector's binary form: float32, no decimal text.
-        vals=sql.SQL(", ").join(
-            sql.Placeholder(format=PyFormat.BINARY if name == VECTOR else PyFormat.AUTO)
-            for name in _NAMES
-        ),
         key=sql.Identifier(KEY),
         sets=sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in _NAMES if c != KEY
@@ -484,10 +529,6 @@ def _upsert_sql(t: sql.Identifier) -> sql.Composed:
         old=sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=t, c=c) for c in content),
         new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{c}").format(c=c) for c in content),
     )
-
-
-def _cols(names: Sequence[str]) -> sql.Composable:
-    return sql.SQL(", ").join(map(sql.Identifier, names))
 
 
 def _where(

@@ -524,3 +524,43 @@ def test_pgvector_unreachable_fails_in_bounded_time():
     with pytest.raises(StoreError, match="cannot reach PostgreSQL at 127.0.0.1:1"):
         open_store(config, "t_x")
     assert time.monotonic() - start < 15  # the window set (2 s), not the default (20 s)
+
+
+def test_pgvector_bulk_upsert_keeps_the_newest_of_a_batch_and_the_guard(pg_config):
+    """One batch written in bulk (COPY, then one INSERT ... ON CONFLICT) holding a chunk id
+    more than once: the newest version wins, of equal versions the last in the batch (as
+    row-by-row writes gave); a stored newer version still refuses an older one, and an
+    identical row is left alone (its write time kept)."""
+    store = open_store(pg_config, f"t_{uuid.uuid4().hex[:8]}")
+    try:
+        store.ensure(DIM)
+        store.upsert([rec(0, version=3, text="kept"), rec(1, text="stored")])
+        (before,) = store.get(["d1-1"])
+        time.sleep(0.01)  # a rewrite would change indexed_at_ms
+        store.upsert(
+            [
+                rec(0, version=2, text="older than stored"),
+                rec(1, text="stored"),  # identical: untouched
+                rec(2, version=1, text="first"),
+                rec(2, version=5, text="newest"),
+                rec(2, version=4, text="newer than first, older than newest"),
+                rec(3, version=7, text="equal, earlier"),
+                rec(3, version=7, text="equal, last"),
+            ]
+        )
+        got = {c.chunk_id: (c.version, c.text) for c in store.get(store.all_ids())}
+        assert got == {
+            "d1-0": (3, "kept"),
+            "d1-1": (1, "stored"),
+            "d1-2": (5, "newest"),
+            "d1-3": (7, "equal, last"),
+        }
+        (after,) = store.get(["d1-1"])
+        assert after.indexed_at_ms == before.indexed_at_ms
+        # Trims in one statement: each document's own positions and versions.
+        store.upsert([rec(i, doc="d2", version=2) for i in range(4)])
+        store.trim([Trim("d1", 2, 6), Trim("d2", 1, 1), Trim("d2", 3, 2)])
+        assert store.all_ids() == ["d1-0", "d1-1", "d1-3", "d2-0", "d2-1", "d2-2"]
+    finally:
+        store.drop()
+        store.close()
