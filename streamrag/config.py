@@ -205,6 +205,9 @@ class PgvectorConfig(_Section):
     pool_max: Annotated[int, Field(gt=0, le=64)] = 4
     # How long opening the store retries a PostgreSQL that does not answer, with backoff.
     unreachable_retry_s: Annotated[float, Field(gt=0, le=3600)] = 20
+    # maintenance_work_mem of the pass that builds a new generation's search indexes after
+    # its rows are loaded (HNSW builds far faster when its graph fits in it).
+    index_build_memory_mb: Annotated[int, Field(ge=64, le=65_536)] = 1024
 
 
 def _store_kind(value: Any) -> str:

@@ -71,6 +71,16 @@ from streamrag.stores.schema import (
     stored_chunk,
 )
 
+# What a bulk load into a new generation builds after the rows (build_indexes), and how
+# each index is recognized whatever its name: (column, access method).
+SEARCH_INDEXES: Final = frozenset({"hnsw", "metadata", "lexical"})
+INDEXED_BY: Final = {
+    "doc_id": ("doc_id", "btree"),
+    "hnsw": (VECTOR, "hnsw"),
+    "metadata": ("metadata", "gin"),
+    "lexical": (LEXICAL, "gin"),
+}
+INDEXES_PENDING: Final = "streamrag: search indexes pending (built at swap)"
 # A filter that matches at most this many rows is searched exactly (see search()).
 EXACT_SCAN_ROWS = 20_000
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -114,10 +124,17 @@ class PgvectorStore:
         self._t = sql.Identifier(self.table)
         self._upsert_sql = _upsert_sql(self._t)
         self._lexical = False
+        self._index_build_memory_mb = config.index_build_memory_mb
         self._pool = open_pool(config, self.table)
 
     @one_line
-    def ensure(self, dim: int) -> None:
+    def ensure(self, dim: int, search_indexes: bool = True) -> None:
+        """The table and its indexes, if missing. A table created with
+        ``search_indexes=False`` is marked as waiting for its search indexes (HNSW,
+        metadata, lexical): a bulk load into a new generation runs several times faster
+        without them, and ``build_indexes`` builds each in one pass afterwards (a swap
+        does); until then ``ensure`` leaves them out too. The doc id index, which trims
+        use, is always made."""
         with self.connection() as conn:
             # Serialize concurrent ensure() calls: CREATE ... IF NOT EXISTS can still race.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"streamrag:{self.table}"])
@@ -135,6 +152,13 @@ class PgvectorStore:
             names = {s: index_name(self.table, s).as_string(conn) for s in INDEX_SUFFIXES}
             create_table, *indexes = pgvector_ddl(t, dim, names)
             conn.execute(sql.SQL(create_table))
+            if stored is None and not search_indexes:
+                conn.execute(
+                    sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                        self._t, sql.Literal(INDEXES_PENDING)
+                    )
+                )
+            pending = _indexes_pending(conn, self.table)
             # A table made by an earlier version gets the columns added since (NULL in
             # its rows until they are written again; the lexical column is computed).
             added = [
@@ -148,8 +172,35 @@ class PgvectorStore:
                         self._t, sql.Identifier(name), sql.SQL(kind)
                     )
                 )
-            for statement in indexes:
-                conn.execute(sql.SQL(statement))
+            for suffix, statement in zip(INDEX_SUFFIXES, indexes, strict=True):
+                if not (pending and suffix in SEARCH_INDEXES):
+                    conn.execute(sql.SQL(statement))
+
+    @one_line
+    def build_indexes(self) -> None:
+        """The search indexes that a table still lacks, each built in one pass with
+        ``store.index_build_memory_mb``; then the table is no longer marked as waiting.
+        Idempotent, and an index already there under another name (a table adopted as
+        generation 0 keeps its first name's indexes) is not built twice."""
+        with self.connection() as conn:
+            if relkind(conn, self.table) != "r":
+                return  # a generations view: its table was indexed when swapped in
+            dim = vector_dim(conn, self.table)
+            if dim is None:
+                raise StoreError(f"table {self.table} has no vector column: not a chunk table")
+            t = self._t.as_string(conn)
+            names = {s: index_name(self.table, s).as_string(conn) for s in INDEX_SUFFIXES}
+            _, *statements = pgvector_ddl(t, dim, names)
+            present = _indexed(conn, self.table)
+            conn.execute(
+                sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
+                    sql.Literal(f"{self._index_build_memory_mb}MB")
+                )
+            )
+            for suffix, statement in zip(INDEX_SUFFIXES, statements, strict=True):
+                if INDEXED_BY[suffix] not in present:
+                    conn.execute(sql.SQL(statement))
+            conn.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(self._t))
 
     @one_line
     def upsert(
@@ -466,6 +517,23 @@ def vector_dim(conn: Connection, name: str) -> int | None:
         [name, VECTOR],
     ).fetchone()
     return int(row[0]) if row else None
+
+
+def _indexes_pending(conn: Connection, table: str) -> bool:
+    row = conn.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", [table]).fetchone()
+    return row is not None and row[0] == INDEXES_PENDING
+
+
+def _indexed(conn: Connection, table: str) -> set[tuple[str, str]]:
+    """(column, access method) of the table's single-column indexes."""
+    rows = conn.execute(
+        "SELECT a.attname, am.amname FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+        " WHERE i.indrelid = to_regclass(%s) AND i.indnatts = 1",
+        [table],
+    ).fetchall()
+    return {(name, method) for name, method in rows}
 
 
 def index_name(table: str, suffix: str) -> sql.Identifier:

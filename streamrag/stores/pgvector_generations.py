@@ -60,7 +60,9 @@ class PgvectorGenerations:
         self._register(number, name, model_id)
         table = PgvectorStore(self._config, name)
         try:
-            table.ensure(dim)
+            # Filled in bulk before it serves: its search indexes come at swap (or earlier,
+            # from whoever filled it), built in one pass over the loaded rows.
+            table.ensure(dim, search_indexes=False)
         except Exception:
             self._unregister(name)
             raise
@@ -69,6 +71,12 @@ class PgvectorGenerations:
 
     @one_line
     def swap(self, target: Generation) -> None:
+        # Outside the swap's transaction: writers wait for its lock, not for a build.
+        table = PgvectorStore(self._config, target.name)
+        try:
+            table.build_indexes()
+        finally:
+            table.close()
         with self._pool.connection() as conn:  # one transaction: all or nothing
             _lock(conn)
             if relkind(conn, self.base) == "r":  # adopt the plain table as generation 0

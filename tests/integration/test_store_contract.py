@@ -11,13 +11,16 @@ import itertools
 import os
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
+import psycopg
 import pytest
 
 from jobs.indexing.apply import apply_records
 from jobs.indexing.log import expected_state
+from streamrag import generations
 from streamrag.config import MilvusConfig, PgvectorConfig, Settings, load_settings
 from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores import open_store
@@ -564,3 +567,52 @@ def test_pgvector_bulk_upsert_keeps_the_newest_of_a_batch_and_the_guard(pg_confi
     finally:
         store.drop()
         store.close()
+
+
+def test_pgvector_generation_loads_without_search_indexes_and_its_swap_builds_them(settings):
+    """A new generation is filled in bulk, then indexed in one pass: until its swap it has
+    only the primary key and the doc id index (trims), also after the job's own ensure();
+    the swap builds HNSW, metadata and lexical, once, and searches find through them."""
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    config = _config("pgvector", settings).model_copy(update={"table": table})
+    s = settings.model_copy(update={"store": config})
+
+    def indexes() -> set[tuple[str, str]]:
+        with psycopg.connect(config.dsn) as conn:
+            rows = conn.execute(
+                "SELECT a.attname, am.amname FROM pg_index i"
+                " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
+                " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+                " JOIN pg_class t ON t.oid = i.indrelid WHERE t.relname = %s",
+                [name],
+            ).fetchall()
+        return set(rows)
+
+    try:
+        name = generations.create_generation(s, "m", DIM)
+        store = open_store(config, name)
+        try:
+            store.ensure(DIM)  # what the job does at its start: still no search index
+            assert indexes() == {("chunk_id", "btree"), ("doc_id", "btree")}
+            write(store, [rec(i) for i in range(50)])
+        finally:
+            store.close()
+        generations.swap(s, name)
+        built = {
+            ("chunk_id", "btree"),
+            ("doc_id", "btree"),
+            ("embedding", "hnsw"),
+            ("metadata", "gin"),
+            ("text_lexical", "gin"),
+        }
+        assert indexes() == built
+        served = open_store(config)
+        try:
+            served.ensure(DIM)
+            generations.swap(s, name)  # again: nothing built twice
+            assert indexes() == built
+            assert served.search(vec(zlib.crc32(b"d1/7")), k=1)[0].chunk.chunk_id == "d1-7"
+        finally:
+            served.close()
+    finally:
+        generations.drop_all(s)
