@@ -62,36 +62,23 @@ from streamrag.stores.schema import (
     KEY,
     LEXICAL,
     LEXICAL_TYPE,
+    PG_INDEXES,
+    PG_TYPES,
     SCALARS,
     TEXT_SEARCH_CONFIG,
     VECTOR,
     column_values,
-    pgvector_ddl,
+    pgvector_index_ddl,
+    pgvector_table_ddl,
     pgvector_type,
     stored_chunk,
 )
 
-# What a bulk load into a new generation builds after the rows (build_indexes), and how
-# each index is recognized whatever its name: (column, access method).
-SEARCH_INDEXES: Final = frozenset({"hnsw", "metadata", "lexical"})
-INDEXED_BY: Final = {
-    "doc_id": ("doc_id", "btree"),
-    "hnsw": (VECTOR, "hnsw"),
-    "metadata": ("metadata", "gin"),
-    "lexical": (LEXICAL, "gin"),
-}
 INDEXES_PENDING: Final = "streamrag: search indexes pending (built at swap)"
 # A filter that matches at most this many rows is searched exactly (see search()).
 EXACT_SCAN_ROWS = 20_000
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NAMES = [c.name for c in COLUMNS]
-_COPY_TYPES: Final[dict[str, str]] = {
-    "key": "text",
-    "vector": "vector",
-    "varchar": "text",
-    "int64": "bigint",
-    "json": "jsonb",
-}
 _READ = [KEY, *SCALARS]
 _transient = retry(
     retry=retry_if_exception_type(psycopg.OperationalError),
@@ -124,7 +111,6 @@ class PgvectorStore:
         self._t = sql.Identifier(self.table)
         self._upsert_sql = _upsert_sql(self._t)
         self._lexical = False
-        self._index_build_memory_mb = config.index_build_memory_mb
         self._pool = open_pool(config, self.table)
 
     @one_line
@@ -132,9 +118,9 @@ class PgvectorStore:
         """The table and its indexes, if missing. A table created with
         ``search_indexes=False`` is marked as waiting for its search indexes (HNSW,
         metadata, lexical): a bulk load into a new generation runs several times faster
-        without them, and ``build_indexes`` builds each in one pass afterwards (a swap
-        does); until then ``ensure`` leaves them out too. The doc id index, which trims
-        use, is always made."""
+        without them, and ``build_search_indexes`` builds each in one pass afterwards (a
+        swap does); until then ``ensure`` leaves them out too. The doc id index, which
+        trims and document reads use, is always made."""
         with self.connection() as conn:
             # Serialize concurrent ensure() calls: CREATE ... IF NOT EXISTS can still race.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"streamrag:{self.table}"])
@@ -148,17 +134,14 @@ class PgvectorStore:
                 )
             if relkind(conn, self.table) == "v":  # a generations view: its table exists
                 return
-            t = self._t.as_string(conn)
-            names = {s: index_name(self.table, s).as_string(conn) for s in INDEX_SUFFIXES}
-            create_table, *indexes = pgvector_ddl(t, dim, names)
-            conn.execute(sql.SQL(create_table))
-            if stored is None and not search_indexes:
+            conn.execute(sql.SQL(pgvector_table_ddl(self._t.as_string(conn), dim)))
+            pending = not search_indexes if stored is None else _indexes_pending(conn, self.table)
+            if pending and stored is None:  # new: marked, for ensure() calls to come
                 conn.execute(
                     sql.SQL("COMMENT ON TABLE {} IS {}").format(
                         self._t, sql.Literal(INDEXES_PENDING)
                     )
                 )
-            pending = _indexes_pending(conn, self.table)
             # A table made by an earlier version gets the columns added since (NULL in
             # its rows until they are written again; the lexical column is computed).
             added = [
@@ -172,35 +155,9 @@ class PgvectorStore:
                         self._t, sql.Identifier(name), sql.SQL(kind)
                     )
                 )
-            for suffix, statement in zip(INDEX_SUFFIXES, indexes, strict=True):
-                if not (pending and suffix in SEARCH_INDEXES):
+            for suffix, statement in _index_ddl(conn, self.table).items():
+                if not (pending and PG_INDEXES[suffix].search):
                     conn.execute(sql.SQL(statement))
-
-    @one_line
-    def build_indexes(self) -> None:
-        """The search indexes that a table still lacks, each built in one pass with
-        ``store.index_build_memory_mb``; then the table is no longer marked as waiting.
-        Idempotent, and an index already there under another name (a table adopted as
-        generation 0 keeps its first name's indexes) is not built twice."""
-        with self.connection() as conn:
-            if relkind(conn, self.table) != "r":
-                return  # a generations view: its table was indexed when swapped in
-            dim = vector_dim(conn, self.table)
-            if dim is None:
-                raise StoreError(f"table {self.table} has no vector column: not a chunk table")
-            t = self._t.as_string(conn)
-            names = {s: index_name(self.table, s).as_string(conn) for s in INDEX_SUFFIXES}
-            _, *statements = pgvector_ddl(t, dim, names)
-            present = _indexed(conn, self.table)
-            conn.execute(
-                sql.SQL("SET LOCAL maintenance_work_mem = {}").format(
-                    sql.Literal(f"{self._index_build_memory_mb}MB")
-                )
-            )
-            for suffix, statement in zip(INDEX_SUFFIXES, statements, strict=True):
-                if INDEXED_BY[suffix] not in present:
-                    conn.execute(sql.SQL(statement))
-            conn.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(self._t))
 
     @one_line
     def upsert(
@@ -519,6 +476,28 @@ def vector_dim(conn: Connection, name: str) -> int | None:
     return int(row[0]) if row else None
 
 
+def build_search_indexes(conn: Connection, table: str, memory_mb: int) -> None:
+    """The search indexes that a chunk table still lacks, each built in one pass with
+    ``memory_mb`` of maintenance_work_mem, in the connection's transaction; then the
+    table is no longer marked as waiting for them. Idempotent, and an index already there
+    under another name (a table adopted as generation 0 keeps its first name's indexes)
+    is not built twice."""
+    present = _indexed(conn, table)
+    conn.execute(
+        sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(f"{memory_mb}MB"))
+    )
+    for suffix, statement in _index_ddl(conn, table).items():
+        index = PG_INDEXES[suffix]
+        if (index.column, index.method) not in present:
+            conn.execute(sql.SQL(statement))
+    conn.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(sql.Identifier(table)))
+
+
+def _index_ddl(conn: Connection, table: str) -> dict[str, str]:
+    names = {s: index_name(table, s).as_string(conn) for s in INDEX_SUFFIXES}
+    return pgvector_index_ddl(sql.Identifier(table).as_string(conn), names)
+
+
 def _indexes_pending(conn: Connection, table: str) -> bool:
     row = conn.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", [table]).fetchone()
     return row is not None and row[0] == INDEXES_PENDING
@@ -556,7 +535,7 @@ def _cols(names: Sequence[str]) -> sql.Composable:
 # pgvector's binary form (float32, no decimal text), with its place in the batch.
 _STAGING_NAME = "streamrag_upsert_staging"
 _STAGING = sql.Identifier(_STAGING_NAME)
-_STAGING_TYPES = ["bigint", *(_COPY_TYPES[c.kind] for c in COLUMNS)]
+_STAGING_TYPES = ["bigint", *(PG_TYPES[c.kind] for c in COLUMNS)]
 # Made once per session (a DO block: CREATE ... IF NOT EXISTS would send a notice each time).
 _STAGING_DDL = sql.SQL(
     "DO $$ BEGIN IF to_regclass('pg_temp.{name}') IS NULL THEN"
@@ -566,8 +545,7 @@ _STAGING_DDL = sql.SQL(
     name=sql.SQL(_STAGING_NAME),  # a constant of ours
     s=_STAGING,
     cols=sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(_COPY_TYPES[c.kind]))
-        for c in COLUMNS
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(PG_TYPES[c.kind])) for c in COLUMNS
     ),
 )
 _COPY_SQL = sql.SQL("COPY {s} (ordinal, {cols}) FROM STDIN (FORMAT BINARY)").format(

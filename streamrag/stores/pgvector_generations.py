@@ -18,6 +18,7 @@ from streamrag.stores.base import Generation, StoreError
 from streamrag.stores.pgvector import (
     Connection,
     PgvectorStore,
+    build_search_indexes,
     check_table_name,
     one_line,
     open_pool,
@@ -60,8 +61,8 @@ class PgvectorGenerations:
         self._register(number, name, model_id)
         table = PgvectorStore(self._config, name)
         try:
-            # Filled in bulk before it serves: its search indexes come at swap (or earlier,
-            # from whoever filled it), built in one pass over the loaded rows.
+            # Filled in bulk before it serves: its search indexes come at its swap, built
+            # in one pass over the loaded rows.
             table.ensure(dim, search_indexes=False)
         except Exception:
             self._unregister(name)
@@ -71,12 +72,9 @@ class PgvectorGenerations:
 
     @one_line
     def swap(self, target: Generation) -> None:
-        # Outside the swap's transaction: writers wait for its lock, not for a build.
-        table = PgvectorStore(self._config, target.name)
-        try:
-            table.build_indexes()
-        finally:
-            table.close()
+        # In a transaction before the swap's: writers wait for its lock, not for a build.
+        with self._pool.connection() as conn:
+            build_search_indexes(conn, target.name, self._config.index_build_memory_mb)
         with self._pool.connection() as conn:  # one transaction: all or nothing
             _lock(conn)
             if relkind(conn, self.base) == "r":  # adopt the plain table as generation 0

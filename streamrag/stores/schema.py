@@ -128,8 +128,10 @@ def stored_chunk(values: Mapping[str, Any]) -> StoredChunk:
     )
 
 
-_PG_TYPES: Final[dict[Kind, str]] = {
-    "key": "text PRIMARY KEY",
+# Each kind's PostgreSQL type (a vector's dimension comes from the model).
+PG_TYPES: Final[dict[Kind, str]] = {
+    "key": "text",
+    "vector": "vector",
     "varchar": "text",
     "int64": "bigint",
     "json": "jsonb",
@@ -137,31 +139,60 @@ _PG_TYPES: Final[dict[Kind, str]] = {
 
 
 def pgvector_type(column: Column, dim: int) -> str:
-    return f"vector({int(dim)}) NOT NULL" if column.kind == "vector" else _PG_TYPES[column.kind]
+    if column.kind == "vector":
+        return f"vector({int(dim)}) NOT NULL"
+    return PG_TYPES[column.kind] + (" PRIMARY KEY" if column.kind == "key" else "")
 
 
 LEXICAL_TYPE: Final = (
     f"tsvector GENERATED ALWAYS AS (to_tsvector('{TEXT_SEARCH_CONFIG}', text)) STORED"
 )
-INDEX_SUFFIXES: Final = ("doc_id", "hnsw", "metadata", "lexical")
+
+
+@dataclass(frozen=True, slots=True)
+class PgIndex:
+    column: str
+    method: str  # the access method: btree, hnsw, gin
+    opclass: str = ""
+    search: bool = True  # only searches read it: a bulk load builds it after the rows
+
+
+# A chunk table's indexes, by the suffix of their names.
+PG_INDEXES: Final[dict[str, PgIndex]] = {
+    "doc_id": PgIndex("doc_id", "btree", search=False),  # trims and document reads
+    "hnsw": PgIndex(VECTOR, "hnsw", "vector_cosine_ops"),
+    # Metadata filters (metadata @> ...) find their rows without a full scan.
+    "metadata": PgIndex("metadata", "gin", "jsonb_path_ops"),
+    "lexical": PgIndex(LEXICAL, "gin"),
+}
+INDEX_SUFFIXES: Final = tuple(PG_INDEXES)
+
+
+def pgvector_index_ddl(table: str, index_names: dict[str, str]) -> dict[str, str]:
+    """CREATE INDEX statements of a chunk table, by suffix (names already quoted)."""
+    statements = {}
+    for suffix, index in PG_INDEXES.items():
+        using = "" if index.method == "btree" else f" USING {index.method}"
+        opclass = f" {index.opclass}" if index.opclass else ""
+        statements[suffix] = (
+            f"CREATE INDEX IF NOT EXISTS {index_names[suffix]} ON {table}"
+            f"{using} ({index.column}{opclass})"
+        )
+    return statements
+
+
+def pgvector_table_ddl(table: str, dim: int) -> str:
+    """CREATE TABLE of a chunk table (``table`` quoted already)."""
+    width = max(len(c.name) for c in COLUMNS)
+    columns = ",\n".join(f"    {c.name:<{width}} {pgvector_type(c, dim)}" for c in COLUMNS)
+    columns += f",\n    {LEXICAL:<{width}} {LEXICAL_TYPE}"
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n{columns}\n)"
 
 
 def pgvector_ddl(table: str, dim: int, index_names: dict[str, str]) -> list[str]:
     """CREATE statements of a chunk table and its indexes (``table`` and the index names
     must be valid identifiers already: callers quote nothing else)."""
-    width = max(len(c.name) for c in COLUMNS)
-    columns = ",\n".join(f"    {c.name:<{width}} {pgvector_type(c, dim)}" for c in COLUMNS)
-    columns += f",\n    {LEXICAL:<{width}} {LEXICAL_TYPE}"
-    return [
-        f"CREATE TABLE IF NOT EXISTS {table} (\n{columns}\n)",
-        f"CREATE INDEX IF NOT EXISTS {index_names['doc_id']} ON {table} (doc_id)",
-        f"CREATE INDEX IF NOT EXISTS {index_names['hnsw']} ON {table}"
-        f" USING hnsw ({VECTOR} vector_cosine_ops)",
-        # Metadata filters (metadata @> ...) find their rows without a full scan.
-        f"CREATE INDEX IF NOT EXISTS {index_names['metadata']} ON {table}"
-        " USING gin (metadata jsonb_path_ops)",
-        f"CREATE INDEX IF NOT EXISTS {index_names['lexical']} ON {table} USING gin ({LEXICAL})",
-    ]
+    return [pgvector_table_ddl(table, dim), *pgvector_index_ddl(table, index_names).values()]
 
 
 def pgvector_sql_file(table: str = "streamrag_chunks", dim: int = 384) -> str:

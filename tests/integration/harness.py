@@ -165,10 +165,35 @@ def _cmdline(process: psutil.Process) -> str:
         return ""
 
 
-def completed_checkpoints(job_id: str) -> int:
-    """How many checkpoints a job on the local cluster has completed."""
-    stats = requests.get(f"{FLINK_REST}/jobs/{job_id}/checkpoints", timeout=10).json()
-    return int(stats["counts"]["completed"])
+# Flink REST reads of a job: on the local cluster by default, or at ``url`` (a local
+# `streamrag run` serves its own, streamrag.flink.LOCAL_REST_PORTS).
+
+
+def _checkpoints(job_id: str, url: str) -> dict:
+    return dict(requests.get(f"{url}/jobs/{job_id}/checkpoints", timeout=10).json())
+
+
+def completed_checkpoints(job_id: str, url: str = FLINK_REST) -> int:
+    """How many checkpoints the job has completed."""
+    return int(_checkpoints(job_id, url)["counts"]["completed"])
+
+
+def latest_checkpoint_triggered_ms(job_id: str, url: str = FLINK_REST) -> int:
+    """When the job's latest completed checkpoint was triggered (epoch ms; 0: none yet)."""
+    latest = (_checkpoints(job_id, url).get("latest") or {}).get("completed") or {}
+    return int(latest.get("trigger_timestamp", 0))
+
+
+def restored_from(job_id: str, url: str = FLINK_REST) -> dict | None:
+    """What the job restored its state from (the latest restored checkpoint or savepoint,
+    with ``is_savepoint``), or None: it started empty."""
+    return (_checkpoints(job_id, url).get("latest") or {}).get("restored")
+
+
+def restarts(job_id: str, url: str = FLINK_REST) -> int:
+    """How many times the job failed over (its exception history)."""
+    history = requests.get(f"{url}/jobs/{job_id}/exceptions", timeout=10).json()
+    return len(history["exceptionHistory"]["entries"])
 
 
 def without(index: dict[str, tuple], doc_ids: set[str]) -> dict[str, tuple]:
@@ -201,17 +226,8 @@ def kill_python_workers(settings: Settings) -> list[int]:
     return [w.pid for w in workers]
 
 
-def restored_from(job_id: str) -> dict | None:
-    """What a job on the local cluster restored its state from (Flink REST: the latest
-    restored checkpoint or savepoint, with ``is_savepoint``), or None: it started empty."""
-    stats = requests.get(f"{FLINK_REST}/jobs/{job_id}/checkpoints", timeout=10).json()
-    return (stats.get("latest") or {}).get("restored")
-
-
-def chunk_records(settings: Settings) -> list[dict]:
-    """Every record of the chunks topic (upserts and trims), tombstones left out."""
-    return [
-        json.loads(m.value)
-        for m in read_log(settings, settings.kafka.chunks_topic, timeout_s=60)
-        if m.value
-    ]
+def chunk_records(settings: Settings, start: dict[int, int] | None = None) -> list[dict]:
+    """The records of the chunks topic (upserts and trims; from ``start``, offsets by
+    partition, else from the beginning), tombstones left out."""
+    log = read_log(settings, settings.kafka.chunks_topic, start=start, timeout_s=60)
+    return [json.loads(m.value) for m in log if m.value]

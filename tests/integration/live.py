@@ -23,9 +23,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import requests
 
 from streamrag import generations
 from streamrag.config import Settings
@@ -33,7 +30,8 @@ from streamrag.kafka import Message, RecordProducer
 from streamrag.status import FlinkJob, find_job
 from streamrag.stores.base import StoredChunk, VectorStore
 from tests.integration.conftest import Pipeline
-from tests.integration.harness import Job, poll
+from tests.integration.harness import Job, latest_checkpoint_triggered_ms, poll
+from tests.integration.harness import restarts as flink_restarts
 
 FENCE_PREFIX = "~fence/"
 # The first settle waits for the job's start too (JVM, Python worker, model).
@@ -89,12 +87,16 @@ class LiveJob:
         alive = self.job.check_running
         poll(lambda: self._all_indexed(fences), "the fences indexed", alive, timeout_s)
         fenced_ms = time.time() * 1000
-        poll(lambda: self._checkpoint_after(fenced_ms), "a checkpoint after them", alive, 60)
+        poll(
+            lambda: latest_checkpoint_triggered_ms(self.flink.job_id, self.flink.url) > fenced_ms,
+            "a checkpoint after them",
+            alive,
+            60,
+        )
 
     def restarts(self) -> int:
         """How many times Flink has restarted the job's tasks."""
-        history = self._rest(f"/jobs/{self.flink.job_id}/exceptions")
-        return len(history["exceptionHistory"]["entries"])
+        return flink_restarts(self.flink.job_id, self.flink.url)
 
     def stop(self) -> None:
         self.job.kill()
@@ -116,14 +118,6 @@ class LiveJob:
             return all(store.doc_chunk_ids(d) for d in doc_ids)
         finally:
             store.close()
-
-    def _checkpoint_after(self, ms: float) -> bool:
-        stats = self._rest(f"/jobs/{self.flink.job_id}/checkpoints")
-        latest = (stats.get("latest") or {}).get("completed") or {}
-        return int(latest.get("trigger_timestamp", 0)) > ms
-
-    def _rest(self, path: str) -> dict[str, Any]:
-        return dict(requests.get(f"{self.flink.url}{path}", timeout=10).json())
 
 
 @dataclass

@@ -53,7 +53,7 @@ from confluent_kafka.admin import AdminClient
 from jobs.chunking.planner import chunk_id
 from streamrag import generations
 from streamrag.config import Settings, isolated_env
-from streamrag.kafka import RecordProducer, end_offsets, ensure_topics, pending_records, read_log
+from streamrag.kafka import RecordProducer, end_offsets, ensure_topics, pending_records
 from streamrag.local import cluster, stack
 from streamrag.local.kafka import Kafka, bootstrap_servers
 from tests.integration.conftest import CLI, Pipeline, settings_with
@@ -68,7 +68,9 @@ from tests.integration.harness import (
     expected_index,
     index_now,
     kill_python_workers,
+    latest_checkpoint_triggered_ms,
     poll,
+    restarts,
     restored_from,
 )
 
@@ -355,13 +357,6 @@ def upgrade(p: Pipeline, parallelism: int | None = None, **config: str) -> str:
     return job
 
 
-def latest_checkpoint_triggered_ms(job: str) -> int:
-    """When the job's latest completed checkpoint was triggered (epoch ms; 0: none yet)."""
-    stats = requests.get(f"{FLINK_REST}/jobs/{job}/checkpoints", timeout=10).json()
-    latest = (stats.get("latest") or {}).get("completed") or {}
-    return int(latest.get("trigger_timestamp", 0))
-
-
 def cancel(job: str) -> None:
     """Cancel the job if the cluster still answers (a failed test may have lost it)."""
     with contextlib.suppress(requests.RequestException):
@@ -376,12 +371,6 @@ def job_alive(job: str) -> None:
 def vertex_parallelism(job: str) -> set[int]:
     vertices = requests.get(f"{FLINK_REST}/jobs/{job}", timeout=10).json()["vertices"]
     return {v["parallelism"] for v in vertices}
-
-
-def restarts(job: str) -> int:
-    """How many times the job failed over (Flink REST: its exception history)."""
-    history = requests.get(f"{FLINK_REST}/jobs/{job}/exceptions", timeout=10).json()
-    return len(history["exceptionHistory"]["entries"])
 
 
 def kill_group(pid: int) -> None:
@@ -655,15 +644,12 @@ def test_one_pgvector_job_life_rescaled_through_savepoints_then_an_outage_and_a_
         notes = [document(n, 1, parts=3) for n in range(12)]
         note_chunks = {cid for d in notes for cid in traffic.chunks(d)}  # before the clock
         poll(lambda: completed_checkpoints(job) > 0, "the job's first checkpoint (workers up)")
-        chunks_topic = p.settings.kafka.chunks_topic
-        before = end_offsets(p.settings, chunks_topic)
+        before = end_offsets(p.settings, p.settings.kafka.chunks_topic)
         sent = time.monotonic()
         traffic.send(notes)
 
         def chunked() -> set[str]:  # the documents whose event (its trim last) was chunked
-            log = read_log(p.settings, chunks_topic, start=before, timeout_s=30)
-            records = [json.loads(m.value) for m in log if m.value]
-            return {r["doc_id"] for r in records if r["op"] == "trim"}
+            return {r["doc_id"] for r in chunk_records(p.settings, before) if r["op"] == "trim"}
 
         # Chunked: their events are in the embed stage's state; the next checkpoint that
         # completes holds them (the group's committed offsets would say so ~10 s later).
