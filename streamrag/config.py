@@ -276,6 +276,9 @@ class StackConfig(_Section):
     connect_port: int = 18083
     postgres_port: int = 15432
     milvus_port: int = 19530
+    # The Milvus standalone server's proxy (clients' port); its internal ports follow it:
+    # milvus_server_port + 1 to + 10 (streamrag/local/milvus.py).
+    milvus_server_port: int = 19540
     # Milvus Lite (pure Python) keeps new rows in a memtable that every filtered query and
     # delete turns into a table again; its default budget (128 MiB: tens of thousands of
     # chunks) made each trim and search slower as the index grew (2 s at 15,600 rows).

@@ -27,7 +27,7 @@ import psutil
 import yaml
 from psycopg.conninfo import make_conninfo
 
-from streamrag.config import Settings
+from streamrag.config import MilvusConfig, PgvectorConfig, Settings
 from streamrag.local.kafka import (
     Connect,
     Kafka,
@@ -35,7 +35,7 @@ from streamrag.local.kafka import (
     client_security,
     formatted_brokers,
 )
-from streamrag.local.milvus import Milvus
+from streamrag.local.milvus import Milvus, MilvusServer
 from streamrag.local.postgres import PG_DATABASE, PG_USER, Postgres, PostgresTls
 from streamrag.local.service import (
     HOST,
@@ -51,18 +51,21 @@ from streamrag.local.service import (
 
 __all__ = [
     "SERVICE_NAMES",
+    "STORES",
     "StackError",
     "describe",
     "down",
     "pids",
     "postgres_dsn",
     "status",
+    "store_config",
+    "store_env",
     "up",
 ]
 
 # In start order: a service's needs come before it.
 SERVICES: dict[str, type[Service]] = {
-    cls.name: cls for cls in (Postgres, PostgresTls, Kafka, Connect, Milvus)
+    cls.name: cls for cls in (Postgres, PostgresTls, Kafka, Connect, Milvus, MilvusServer)
 }
 SERVICE_NAMES: tuple[str, ...] = tuple(SERVICES)
 
@@ -99,6 +102,46 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 def postgres_dsn(settings: Settings, dbname: str = "streamrag") -> str:
     """libpq DSN for the stack's PostgreSQL, password included (read from the secrets dir)."""
     return Postgres(settings).dsn(dbname)
+
+
+# The stack's vector stores by name: Milvus Lite's server, the Milvus standalone server,
+# PostgreSQL with pgvector.
+STORES: tuple[str, ...] = ("milvus", "milvus-server", "pgvector")
+
+
+def store_config(settings: Settings, store: str) -> MilvusConfig | PgvectorConfig:
+    """How a client reaches one of the stack's STORES (no password in it: the pgvector
+    password comes from PGPASSFILE, the Milvus server's token from its file)."""
+    if store == "milvus":
+        return MilvusConfig(uri=f"http://{HOST}:{settings.stack.milvus_port}")
+    if store == "milvus-server":
+        return MilvusServer(settings).store_config()
+    if store == "pgvector":
+        return PgvectorConfig(
+            dsn=make_conninfo(
+                host=HOST, port=settings.stack.postgres_port, user=PG_USER, dbname=PG_DATABASE
+            )
+        )
+    raise StackError(f"unknown store {store!r} (choose from {', '.join(STORES)})")
+
+
+def store_env(settings: Settings, store: str) -> dict[str, str]:
+    """``store_config`` as settings overrides (``STORE__KEY=value``, for isolated_env)."""
+    config = store_config(settings, store)
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, values: dict[str, object]) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key.upper()}__", value)
+            elif value is not None:
+                flat[f"{prefix}{key.upper()}"] = (
+                    str(value).lower() if isinstance(value, bool) else str(value)
+                )
+
+    walk("STORE__", config.model_dump(mode="json", exclude_defaults=True))
+    flat["STORE__KIND"] = config.kind
+    return flat
 
 
 # --- processes --------------------------------------------------------------------------

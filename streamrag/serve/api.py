@@ -21,7 +21,7 @@ from streamrag.errors import UserError
 from streamrag.serve.auth import AuthError, Forbidden, Principal, TokenBook
 from streamrag.serve.index import NotReady, ServingIndex
 from streamrag.serve.reader import FilterSpec, Reader
-from streamrag.stores.base import BadFilter, StoreError
+from streamrag.stores.base import BadFilter, StoreError, Unsupported
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
@@ -169,6 +169,10 @@ def create_app(index: ServingIndex, tokens: TokenBook, mcp: bool = True) -> Fast
     @app.exception_handler(BadFilter)
     async def bad_filter(_: Request, exc: BadFilter) -> JSONResponse:
         return error(400, str(exc))
+
+    @app.exception_handler(Unsupported)
+    async def unsupported(_: Request, exc: Unsupported) -> JSONResponse:
+        return error(400, str(exc))  # e.g. hybrid mode on a Milvus server before 2.5
 
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:

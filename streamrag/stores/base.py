@@ -35,6 +35,10 @@ class BadFilter(StoreError):
     """A filter or k that the caller got wrong (not the store failing)."""
 
 
+class Unsupported(StoreError):
+    """What was asked needs a feature this store (or its server version) lacks."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredChunk:
     chunk_id: str

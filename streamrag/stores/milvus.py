@@ -5,6 +5,16 @@ primary key, so upsert is idempotent. The collection name may also be an alias t
 serves one generation (streamrag.stores.milvus_generations): every request resolves it on
 the server, so readers and writers follow a swap without reopening.
 
+Servers: Milvus Lite 3.2 and Milvus 2.5+ have full-text search (a BM25 function over the
+text), hence hybrid mode; Milvus 2.3 and 2.4 have not, so their collections go without it
+and a lexical search is refused in one line naming the version it needs (``ServerInfo``).
+
+Consistency: a store's reads see its own process's writes at once (Milvus's Session level,
+which pymilvus tracks per process and collection); its first read after it opens, and
+after ``flush()``, waits for everything written before it by anyone (Strong), so a job
+that restarts, or a verification after another process wrote, reads the index as it is.
+A Strong read waits for the server's next time tick (~0.4 s on the stack's server).
+
 Filter values are quoted by ``literal`` (Milvus Lite 3.2 has no ``filter_params``
 templates): a value can never end its string literal, so values never become code.
 Failed requests are retried unless the error is terminal (a rejected value); before a
@@ -14,12 +24,15 @@ retry the collection is loaded again, since a restarted server serves it "releas
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Final
 
+import numpy as np
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 from tenacity import (
     RetryCallState,
@@ -41,6 +54,7 @@ from streamrag.stores.base import (
     StoreError,
     StoreUnreachable,
     Trim,
+    Unsupported,
     check_k,
 )
 from streamrag.stores.schema import (
@@ -63,6 +77,10 @@ _TYPES: Final = {
 log = logging.getLogger(__name__)
 # Trims per delete expression: one round trip for a batch's documents, expressions short.
 TRIMS_PER_DELETE = 100
+# A filtered search short of hits is completed exactly when at most this many rows match.
+EXACT_SCAN_ROWS = 16_384
+# Keys per page of all_ids().
+ID_PAGE = 10_000
 # A new collection's indexes are built at once (it is empty); a server this slow is down.
 INDEX_BUILD_TIMEOUT_S = 60
 
@@ -83,16 +101,46 @@ transient = retry(
 )
 
 
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a Milvus server can do, from the version it reports."""
+
+    version: str  # as reported: "v2.3.5-lite" (the `milvus` package), "milvus_lite-3.2.2"
+
+    @property
+    def lite(self) -> bool:
+        return self.version.startswith("milvus_lite")
+
+    @property
+    def release(self) -> tuple[int, int]:
+        """(major, minor) of a Milvus server; (0, 0) when unknown."""
+        found = re.match(r"v?(\d+)\.(\d+)", self.version)
+        return (int(found[1]), int(found[2])) if found else (0, 0)
+
+    @property
+    def full_text(self) -> bool:
+        """The BM25 function and sparse vectors (hybrid mode): Milvus 2.5+, Milvus Lite."""
+        return self.lite or self.release >= (2, 5)
+
+    @property
+    def scalar_index(self) -> str:
+        """The index for the doc id: INVERTED from Milvus 2.4 (and Lite), Trie before."""
+        return "INVERTED" if self.lite or self.release >= (2, 4) else "Trie"
+
+
 class MilvusStore:
     def __init__(self, config: MilvusConfig, collection: str | None = None) -> None:
         self.collection = collection or config.collection
+        self._uri = config.uri
         self._vector_index = config.vector_index
         self._has_lexical = False
+        self._strong_read = True  # the first read after opening (see the module doc)
         # The collection's description, which a column-wise write is checked against:
         # read once, not on every write; forgotten before a retry (reload).
         self._described: dict[str, Any] | None = None
         try:
             self._client = _connect(config)
+            self.server = ServerInfo(str(self._client.get_server_version()))
         except Exception as e:  # pymilvus raises several types for "cannot connect"
             raise StoreUnreachable(
                 f"cannot reach Milvus at {config.uri}: {e}".splitlines()[0]
@@ -122,34 +170,39 @@ class MilvusStore:
             if column.kind == "vector":
                 schema.add_field(column.name, _TYPES[column.kind], dim=dim)
             elif column.max_bytes is not None:
+                # The text is analysed (split into words) for the BM25 function.
+                analysed = column.name == "text" and self.server.full_text
                 schema.add_field(
                     column.name,
                     _TYPES[column.kind],
                     max_length=column.max_bytes,
                     is_primary=column.kind == "key",
-                    # The text is analysed (split into words) for the BM25 function.
-                    **({"enable_analyzer": True} if column.name == "text" else {}),
+                    **({"enable_analyzer": True} if analysed else {}),
                 )
             else:
                 schema.add_field(column.name, _TYPES[column.kind])
-        schema.add_field(LEXICAL, DataType.SPARSE_FLOAT_VECTOR)
-        schema.add_function(
-            Function(
-                name="text_bm25",
-                function_type=FunctionType.BM25,
-                input_field_names=["text"],
-                output_field_names=[LEXICAL],
+        if self.server.full_text:
+            schema.add_field(LEXICAL, DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(
+                Function(
+                    name="text_bm25",
+                    function_type=FunctionType.BM25,
+                    input_field_names=["text"],
+                    output_field_names=[LEXICAL],
+                )
             )
-        )
         self._client.create_collection(self.collection, schema=schema)
-        self._create_index(VECTOR, index_type=self._vector_index, metric_type="COSINE")
-        self._create_index(LEXICAL, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        # HNSW's graph: Milvus 2.5 defaults to these; Milvus 2.3 requires them.
+        graph = {"params": {"M": 16, "efConstruction": 200}} if self._vector_index == "HNSW" else {}
+        self._create_index(VECTOR, index_type=self._vector_index, metric_type="COSINE", **graph)
+        if self.server.full_text:
+            self._create_index(LEXICAL, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         # Trims, document() and doc_chunk_ids() filter on the document id (the index
         # serves sealed segments: Milvus Lite seals only at a flush, see the README).
-        self._create_index("doc_id", index_type="INVERTED")
+        self._create_index("doc_id", index_type=self.server.scalar_index)
         self._client.load_collection(self.collection)
 
-    def _create_index(self, field: str, **params: str) -> None:
+    def _create_index(self, field: str, **params: Any) -> None:
         """Index ``field`` and wait until it is built. (pymilvus's own wait, sync=True,
         sleeps 0.5 s before its first look, for every index: 1.5 s for each new collection,
         whose indexes are built at once as it is empty.)"""
@@ -172,6 +225,7 @@ class MilvusStore:
         """Load the collection again (a restarted server serves it released); quiet when
         the server is still down, as the retry that follows will tell."""
         self._described = None
+        self._strong_read = True  # a restarted server: read what is there
         with quiet():
             try:
                 self._client.load_collection(self.collection)
@@ -191,6 +245,7 @@ class MilvusStore:
                 self.collection,
                 filter=_ids_filter([r.chunk.chunk_id for r in records]),
                 output_fields=[KEY, "version"],
+                consistency_level=self._read_level(),
             )
             stored_versions = {row[KEY]: row["version"] for row in stored}
         now = int(time.time() * 1000)
@@ -239,20 +294,58 @@ class MilvusStore:
 
     @transient
     def _search(self, vector: Sequence[float], k: int, filters: Filters | None) -> list[SearchHit]:
+        hits = self._ann_search(vector, k, filters)
+        if filters is not None and len(hits) < k and self._vector_index != "FLAT":
+            # HNSW under a selective filter may stop short of rows that match: Milvus 2.3
+            # finds none of 75 matching rows of 30,000 when they lie far from the query.
+            # Fewer hits than asked while more rows match: scan those rows exactly.
+            where = _filter_expression(filters)
+            matching = self._count(where)
+            if len(hits) < matching <= EXACT_SCAN_ROWS:
+                return self._exact_search(vector, k, where)
+        return hits
+
+    def _exact_search(self, vector: Sequence[float], k: int, where: str) -> list[SearchHit]:
+        rows = self._client.query(
+            self.collection,
+            filter=where,
+            output_fields=[KEY, *SCALARS, VECTOR],
+            limit=EXACT_SCAN_ROWS,
+            consistency_level=self._read_level(),
+        )
+        if not rows:
+            return []
+        matrix = np.asarray([row[VECTOR] for row in rows], dtype=np.float32)
+        query = np.asarray(vector, dtype=np.float32)
+        norms = np.linalg.norm(matrix, axis=1) * (np.linalg.norm(query) or 1.0)
+        scores = (matrix @ query) / np.where(norms == 0, 1.0, norms)
+        best = np.argsort(-scores, kind="stable")[:k]
+        return [SearchHit(float(scores[i]), stored_chunk({**rows[i], VECTOR: None})) for i in best]
+
+    def _count(self, where: str) -> int:
+        rows = self._client.query(
+            self.collection,
+            filter=where,
+            output_fields=["count(*)"],
+            consistency_level=self._read_level(),
+        )
+        return int(rows[0]["count(*)"])
+
+    def _ann_search(
+        self, vector: Sequence[float], k: int, filters: Filters | None
+    ) -> list[SearchHit]:
         result = self._client.search(
             self.collection,
             data=[list(vector)],
             limit=k,
             filter=_filter_expression(filters),
             output_fields=list(SCALARS),
+            consistency_level=self._read_level(),
             # HNSW's default ef (64) loses matches under selective filters (Milvus Lite
             # prunes during traversal): explore at least 256 candidates, and never < k.
             search_params={"metric_type": "COSINE", "params": {"ef": max(k, 256)}},
         )
-        return [
-            SearchHit(float(hit["distance"]), stored_chunk({**hit["entity"], KEY: hit[KEY]}))
-            for hit in result[0]
-        ]
+        return [SearchHit(float(hit["distance"]), _hit_chunk(hit)) for hit in result[0]]
 
     def lexical_search(self, text: str, k: int, filters: Filters | None = None) -> list[SearchHit]:
         """BM25 over the analysed text (Milvus's full-text search)."""
@@ -262,6 +355,11 @@ class MilvusStore:
         # not on every query.
         if not self._has_lexical:
             self._has_lexical = LEXICAL in {f["name"] for f in self._describe()["fields"]}
+        if not self._has_lexical and not self.server.full_text:
+            raise Unsupported(
+                f"hybrid search needs Milvus 2.5 or later (its BM25 function); the server at"
+                f" {self._uri} is {self.server.version}: use dense mode, or pgvector"
+            )
         if not self._has_lexical:
             raise StoreError(
                 f"collection {self.collection} was built before lexical search: rebuild it"
@@ -283,12 +381,10 @@ class MilvusStore:
             filter=_filter_expression(filters),
             output_fields=list(SCALARS),
             search_params={"metric_type": "BM25"},
+            consistency_level=self._read_level(),
         )
         # Milvus Lite reports BM25 scores negated (best first all the same): keep the size.
-        return [
-            SearchHit(abs(float(hit["distance"])), stored_chunk({**hit["entity"], KEY: hit[KEY]}))
-            for hit in result[0]
-        ]
+        return [SearchHit(abs(float(hit["distance"])), _hit_chunk(hit)) for hit in result[0]]
 
     @transient
     def document(self, doc_id: str, filters: Filters | None = None) -> list[StoredChunk]:
@@ -300,6 +396,7 @@ class MilvusStore:
             filter=where,
             output_fields=[KEY, *SCALARS],
             limit=MAX_DOCUMENT_CHUNKS,
+            consistency_level=self._read_level(),
         )
         return sorted((stored_chunk(row) for row in rows), key=lambda c: c.position)
 
@@ -309,7 +406,10 @@ class MilvusStore:
             return []
         fields = [KEY, *SCALARS, *([VECTOR] if with_vectors else [])]
         rows = self._client.query(
-            self.collection, filter=_ids_filter(chunk_ids), output_fields=fields
+            self.collection,
+            filter=_ids_filter(chunk_ids),
+            output_fields=fields,
+            consistency_level=self._read_level(),
         )
         order = {cid: i for i, cid in enumerate(chunk_ids)}
         return sorted((stored_chunk(row) for row in rows), key=lambda c: order[c.chunk_id])
@@ -317,16 +417,41 @@ class MilvusStore:
     @transient
     def doc_chunk_ids(self, doc_id: str) -> list[str]:
         rows = self._client.query(
-            self.collection, filter=f"doc_id == {literal(doc_id)}", output_fields=[KEY]
+            self.collection,
+            filter=f"doc_id == {literal(doc_id)}",
+            output_fields=[KEY],
+            consistency_level=self._read_level(),
         )
         return sorted(str(row[KEY]) for row in rows)
 
     @transient
     def count(self) -> int:
-        rows = self._client.query(self.collection, filter="", output_fields=["count(*)"])
-        return int(rows[0]["count(*)"])
+        return self._count("")
 
+    @transient
     def all_ids(self) -> list[str]:
+        if self.server.lite:
+            return self._all_ids_iterated()
+        # Pages in key order, each after the last key of the one before (what pymilvus's
+        # query_iterator does, but it reads at a client-side timestamp on Milvus 2.3,
+        # which does not report one: it saw none or stale rows there). Milvus Lite's
+        # pages are not the lowest keys: there the iterator is right.
+        ids: list[str] = []
+        while True:
+            after = f"{KEY} > {literal(ids[-1])}" if ids else ""
+            rows = self._client.query(
+                self.collection,
+                filter=after,
+                output_fields=[KEY],
+                limit=ID_PAGE,
+                consistency_level=self._read_level(),
+            )
+            page = sorted(str(row[KEY]) for row in rows)
+            ids.extend(page)
+            if len(page) < ID_PAGE:
+                return ids
+
+    def _all_ids_iterated(self) -> list[str]:
         ids: list[str] = []
         iterator = self._client.query_iterator(
             self.collection, batch_size=1000, filter="", output_fields=[KEY]
@@ -337,7 +462,20 @@ class MilvusStore:
         return sorted(ids)
 
     def flush(self) -> None:
-        self._client.flush(self.collection)
+        """Make every write so far visible to the next read. Milvus Lite seals its memtable
+        into a segment (its searches of unsealed rows are slow); a server needs no flush
+        for that (a server's flush waits ~3 s to persist segments it would persist anyway):
+        its next read is Strong."""
+        if self.server.lite:
+            self._client.flush(self.collection)
+        self._strong_read = True
+
+    def _read_level(self) -> str:
+        """Strong for the first read after opening or flushing, then Session (module doc)."""
+        if self._strong_read:
+            self._strong_read = False
+            return "Strong"
+        return "Session"
 
     def drop(self) -> None:
         self._client.drop_collection(self.collection)
@@ -352,6 +490,11 @@ def _connect(config: MilvusConfig) -> MilvusClient:
     # for every client: one store's close() would cut off the others in this process
     # (a generation opened during a replay, a Retriever, the index writer).
     return MilvusClient(**milvus_client_kwargs(config), alias=f"streamrag-{uuid.uuid4().hex}")
+
+
+def _hit_chunk(hit: Mapping[str, Any]) -> StoredChunk:
+    """A search hit's chunk; Milvus before 2.4 names the primary key ``id`` in hits."""
+    return stored_chunk({**hit["entity"], KEY: hit[KEY] if KEY in hit else hit["id"]})
 
 
 def _ids_filter(chunk_ids: Sequence[str]) -> str:

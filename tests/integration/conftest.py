@@ -26,6 +26,7 @@ from streamrag import generations
 from streamrag.config import PROJECT_ROOT, Settings, isolated_env, load_settings
 from streamrag.kafka import Message, ensure_topics, read_log, send_all
 from streamrag.local.checkpoints import checkpoints_dir
+from streamrag.local.stack import STORES, store_env
 from streamrag.records import ChunkRecord, DocumentEvent, EmbeddingRecord, Origin
 from streamrag.stores import open_store
 from streamrag.stores.base import VectorStore
@@ -99,19 +100,20 @@ class Pipeline:
         return open_store(self.settings.store)
 
 
-def make_pipeline(stack: Settings, store_kind: str) -> Pipeline:
+def make_pipeline(stack: Settings, store: str) -> Pipeline:
+    """A pipeline of its own on one of the stack's stores (streamrag.local.stack.STORES)."""
     # No CDC topics unless the test maps some: a connector on the dev stack must not leak in.
     cdc = os.environ.get("STREAMRAG_CDC__TABLES", "{}")
     env = {
         **os.environ,
-        **isolated_env(f"t{uuid.uuid4().hex[:8]}", STORE__KIND=store_kind, CDC__TABLES=cdc),
+        **isolated_env(f"t{uuid.uuid4().hex[:8]}", **store_env(stack, store), CDC__TABLES=cdc),
     }
     settings = settings_with(env)  # the same overrides as the job reads
     ensure_topics(settings)
     return Pipeline(env, settings)
 
 
-@pytest.fixture(params=["milvus", "pgvector"])
+@pytest.fixture(params=STORES)
 def pipeline(request: pytest.FixtureRequest, stack: Settings) -> Iterator[Pipeline]:
     p = make_pipeline(stack, request.param)
     yield p

@@ -1,6 +1,7 @@
-"""One contract, two stores: Milvus (the stack's Milvus Lite server) and pgvector.
+"""One contract, three stores: Milvus Lite (the stack's server of it), the Milvus standalone
+server, and pgvector.
 
-Every test runs against both real services, each in its own collection/table, which is
+Every test runs against each of these real services, in its own collection/table, which is
 dropped afterwards. No mocks.
 """
 
@@ -22,6 +23,7 @@ from jobs.indexing.apply import apply_records
 from jobs.indexing.log import expected_state
 from streamrag import generations
 from streamrag.config import MilvusConfig, PgvectorConfig, Settings, load_settings
+from streamrag.local.stack import STORES, store_config
 from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores import open_store
 from streamrag.stores.base import (
@@ -30,6 +32,7 @@ from streamrag.stores.base import (
     SearchHit,
     StoreError,
     Trim,
+    Unsupported,
     VectorStore,
 )
 from tests.integration.conftest import DIM, rec, trim, vec
@@ -46,22 +49,28 @@ def settings() -> Settings:
 
 
 def _config(kind: str, settings: Settings) -> MilvusConfig | PgvectorConfig:
-    if kind == "milvus":
-        return MilvusConfig(uri=f"http://127.0.0.1:{settings.stack.milvus_port}")
-    return PgvectorConfig(
-        dsn=f"host=127.0.0.1 port={settings.stack.postgres_port} user=postgres dbname=streamrag"
-    )
+    return store_config(settings, kind)
 
 
-@pytest.fixture(params=["milvus", "pgvector"])
-def store(request: pytest.FixtureRequest, settings: Settings) -> Iterator[VectorStore]:
-    s = open_store(_config(request.param, settings), f"t_{uuid.uuid4().hex[:8]}")
+def _opened(kind: str, settings: Settings) -> Iterator[VectorStore]:
+    s = open_store(_config(kind, settings), f"t_{uuid.uuid4().hex[:8]}")
     s.ensure(DIM)
     try:
         yield s
     finally:
         s.drop()
         s.close()
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, settings: Settings) -> Iterator[VectorStore]:
+    yield from _opened(request.param, settings)
+
+
+# The stores with full-text search: Milvus 2.3 (the stack's server) has no BM25 function.
+@pytest.fixture(params=["milvus", "pgvector"])
+def text_store(request: pytest.FixtureRequest, settings: Settings) -> Iterator[VectorStore]:
+    yield from _opened(request.param, settings)
 
 
 def write(store: VectorStore, records: list[EmbeddingRecord]) -> None:
@@ -230,7 +239,7 @@ class Wide:
     query: list[float]
 
 
-@pytest.fixture(scope="module", params=["milvus", "pgvector"])
+@pytest.fixture(scope="module", params=STORES)
 def wide(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Wide]:
     rng = np.random.default_rng(7)
     far = rng.normal(size=WIDE_DIM)
@@ -377,39 +386,53 @@ LEXICAL_TEXTS = [
 ]
 
 
-def test_lexical_search_finds_an_exact_identifier(store):
-    write(store, [rec(i, text=t) for i, t in enumerate(LEXICAL_TEXTS)])
-    hits = store.lexical_search("ERR_CONN_4711", k=2)
+def test_lexical_search_finds_an_exact_identifier(text_store):
+    write(text_store, [rec(i, text=t) for i, t in enumerate(LEXICAL_TEXTS)])
+    hits = text_store.lexical_search("ERR_CONN_4711", k=2)
     assert hits and hits[0].chunk.position == 1
     assert all(h.score > 0 for h in hits)
 
 
-def test_lexical_search_ranks_more_matching_words_first(store):
-    write(store, [rec(i, text=t) for i, t in enumerate(LEXICAL_TEXTS)])
-    hits = store.lexical_search("replay the index from embeddings", k=4)
+def test_lexical_search_ranks_more_matching_words_first(text_store):
+    write(text_store, [rec(i, text=t) for i, t in enumerate(LEXICAL_TEXTS)])
+    hits = text_store.lexical_search("replay the index from embeddings", k=4)
     assert hits[0].chunk.position == 3
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
-def test_lexical_search_honours_filters(store):
+def test_lexical_search_honours_filters(text_store):
     write(
-        store,
+        text_store,
         [rec(i, doc="a", text=t, tenant="a") for i, t in enumerate(LEXICAL_TEXTS)]
         + [rec(i, doc="b", text=t, tenant="b") for i, t in enumerate(LEXICAL_TEXTS)],
     )
-    hits = store.lexical_search(
+    hits = text_store.lexical_search(
         "ERR_CONN_4711 socket", k=10, filters=Filters(metadata={"tenant": "b"})
     )
     assert hits and {h.chunk.doc_id for h in hits} == {"b"}
-    assert store.lexical_search("checkpoints", k=0) == []
+    assert text_store.lexical_search("checkpoints", k=0) == []
 
 
 @pytest.mark.parametrize("text", [*INJECTIONS, "a & b | !c", "'':*", "\\", "-- ;", "<->"])
-def test_lexical_query_text_is_only_words(store, text):
-    write(store, [rec(i, text=t, tenant="a") for i, t in enumerate(LEXICAL_TEXTS)])
-    hits = store.lexical_search(text, k=10, filters=Filters(metadata={"tenant": "z"}))
+def test_lexical_query_text_is_only_words(text_store, text):
+    write(text_store, [rec(i, text=t, tenant="a") for i, t in enumerate(LEXICAL_TEXTS)])
+    hits = text_store.lexical_search(text, k=10, filters=Filters(metadata={"tenant": "z"}))
     assert hits == []  # no error, and the filter still holds
-    store.lexical_search(text, k=10)  # and unfiltered it is just a search
+    text_store.lexical_search(text, k=10)  # and unfiltered it is just a search
+
+
+def test_milvus_server_without_full_text_refuses_lexical_search_naming_the_version(settings):
+    store = open_store(_config("milvus-server", settings), f"t_{uuid.uuid4().hex[:8]}")
+    try:
+        store.ensure(DIM)
+        write(store, [rec(0, text="checkpoint barriers")])
+        with pytest.raises(Unsupported, match=r"needs Milvus 2\.5 or later.* is v2\.3\.5") as e:
+            store.lexical_search("checkpoint", k=5)
+        assert "\n" not in str(e.value)
+        assert store.search(rec(0).vector, k=1)[0].chunk.text == "checkpoint barriers"
+    finally:
+        store.drop()
+        store.close()
 
 
 def test_document_reads_chunks_in_position_order(store):

@@ -15,11 +15,12 @@ import pytest
 
 from streamrag.config import Settings
 from streamrag.local.checkpoints import checkpoints_dir
+from streamrag.local.stack import STORES
 from tests.integration.conftest import make_pipeline
 from tests.integration.live import LiveJob
 
 
-@pytest.fixture(scope="package", params=["milvus", "pgvector"])
+@pytest.fixture(scope="package", params=STORES)
 def live(
     request: pytest.FixtureRequest, stack: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveJob]:
