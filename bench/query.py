@@ -11,7 +11,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -65,10 +67,20 @@ def load(url: str, token: str, queries: list[str], mode: str, seconds: float) ->
     }
 
 
-def query_figures(
-    env: dict[str, str], queries: list[str], ingest: Callable[[], None]
-) -> dict[str, float]:
-    """Serve the index that ``env`` names; measure idle, then while ``ingest()`` runs."""
+@dataclass(frozen=True)
+class Service:
+    """A running `streamrag serve`: its address, a token that reads every tenant, and
+    its process (e.g. for its CPU time)."""
+
+    url: str
+    token: str
+    process: subprocess.Popen[str]
+
+
+@contextmanager
+def serving(env: dict[str, str]) -> Iterator[Service]:
+    """`streamrag serve` on the index that ``env`` names, on a free port, ready when
+    entered and stopped on exit."""
     token = secrets.token_urlsafe(24)
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,20 +97,29 @@ def query_figures(
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(url, server)
-            load(url, token, queries[:50], "dense", 3)  # warm up: model, pools, caches
-            dense = load(url, token, queries, "dense", WINDOW_S)
-            print(f"query (idle, dense):  {dense}", flush=True)
-            hybrid = load(url, token, queries, "hybrid", WINDOW_S)
-            print(f"query (idle, hybrid): {hybrid}", flush=True)
-            job = threading.Thread(target=ingest)
-            job.start()
-            time.sleep(20)  # the job's JVM and model are up: it is encoding now
-            busy = load(url, token, queries, "dense", WINDOW_S)
-            print(f"query (during ingest, dense): {busy}", flush=True)
-            job.join()
+            yield Service(url, token, server)
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def query_figures(
+    env: dict[str, str], queries: list[str], ingest: Callable[[], None]
+) -> dict[str, float]:
+    """Serve the index that ``env`` names; measure idle, then while ``ingest()`` runs."""
+    with serving(env) as service:
+        url, token = service.url, service.token
+        load(url, token, queries[:50], "dense", 3)  # warm up: model, pools, caches
+        dense = load(url, token, queries, "dense", WINDOW_S)
+        print(f"query (idle, dense):  {dense}", flush=True)
+        hybrid = load(url, token, queries, "hybrid", WINDOW_S)
+        print(f"query (idle, hybrid): {hybrid}", flush=True)
+        job = threading.Thread(target=ingest)
+        job.start()
+        time.sleep(20)  # the job's JVM and model are up: it is encoding now
+        busy = load(url, token, queries, "dense", WINDOW_S)
+        print(f"query (during ingest, dense): {busy}", flush=True)
+        job.join()
     return {
         "query_p50_ms": dense["p50_ms"],
         "query_p99_ms": dense["p99_ms"],

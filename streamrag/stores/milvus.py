@@ -142,6 +142,11 @@ class MilvusStore:
             self._client = _connect(config)
             self.server = ServerInfo(str(self._client.get_server_version()))
         except Exception as e:  # pymilvus raises several types for "cannot connect"
+            if "UNAUTHENTICATED" in str(e):  # gRPC's status, in the message's later lines
+                raise StoreError(
+                    f"Milvus at {config.uri} refused the token (auth failed): check"
+                    f" store.security.token_file or ${config.security.token_env}"
+                ) from e
             raise StoreUnreachable(
                 f"cannot reach Milvus at {config.uri}: {e}".splitlines()[0]
             ) from e

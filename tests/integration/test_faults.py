@@ -84,9 +84,9 @@ PORTS = {
     "KAFKA_CONTROLLER_PORT": "29093",
     "POSTGRES_PORT": "25432",
     "MILVUS_PORT": "29530",
+    "MILVUS_SERVER_PORT": "29540",  # and the 11 ports after it
     "CONNECT_PORT": "28083",
 }
-PG_DATABASE = "user=postgres dbname=streamrag"
 # A store's server stays down this long: twice what a write retries by itself (6 attempts,
 # 0.2 s doubling: about 6 s), so writes retry through part of it and, if that is not
 # enough, the job fails over for the rest, as in a longer outage.
@@ -123,7 +123,7 @@ def fault_stack(request: pytest.FixtureRequest) -> Iterator[FaultStack]:
     settings = settings_with(env)
     with pytest.MonkeyPatch.context() as mp:
         try:
-            stack.up(settings, ["postgres", "kafka", "milvus"])
+            stack.up(settings, ["postgres", "kafka", "milvus", "milvus-server"])
             # libpq in this process and in the TaskManagers' Python workers reads
             # PGPASSFILE: one file for the dev stack's PostgreSQL and this one's.
             both = work / "pgpass"
@@ -150,21 +150,15 @@ def fault_pipeline(
     fs: FaultStack, store_kind: str, parallelism: int, model: str = "hash:384"
 ) -> Pipeline:
     prefix = f"f{os.urandom(4).hex()}"
-    store = (
-        {"STORE__URI": f"http://127.0.0.1:{PORTS['MILVUS_PORT']}"}
-        if store_kind == "milvus"
-        else {"STORE__DSN": f"host=127.0.0.1 port={PORTS['POSTGRES_PORT']} {PG_DATABASE}"}
-    )
     env = {
         **fs.env,
         **isolated_env(
             prefix,
-            STORE__KIND=store_kind,
+            **stack.store_env(fs.settings, store_kind),
             CDC__TABLES="{}",
             EMBEDDING__MODEL=model,
             FLINK__PARALLELISM=str(parallelism),
             KAFKA__PARTITIONS="4",
-            **store,
         ),
     }
     settings = settings_with(env)
@@ -516,14 +510,14 @@ def test_a_bounded_flink_run_on_the_cluster_indexes_and_commits_its_offsets(
 def test_one_milvus_job_life_through_four_faults(
     fault_stack: FaultStack, record_property: Callable[[str, object], None]
 ):
-    """One job on Milvus at parallelism 2 while the traffic streams; after each fault the
-    index equals the ground truth: the broker that leads a partition (killed, back later);
-    the job's Python workers killed while their TaskManager lives (Flink fails the task
-    over and restores offsets and keyed state from the checkpoint); a TaskManager killed
-    and replaced; the Milvus server down for OUTAGE_S. The same job all along, within its
-    restart budget, and no dead letter."""
+    """One job on the Milvus server at parallelism 2 while the traffic streams; after each
+    fault the index equals the ground truth: the broker that leads a partition (killed,
+    back later); the job's Python workers killed while their TaskManager lives (Flink fails
+    the task over and restores offsets and keyed state from the checkpoint); a TaskManager
+    killed and replaced; the Milvus server killed and started again OUTAGE_S later. The
+    same job all along, within its restart budget, and no dead letter."""
     fs = fault_stack
-    p, traffic, job = started(fs, "milvus")
+    p, traffic, job = started(fs, "milvus-server")
     try:
         # 1. The broker that leads documents partition 0 dies; it comes back later.
         fault_phase(record_property, "broker", p, traffic, job, lambda: kill_leading_broker(fs, p))
@@ -561,11 +555,28 @@ def test_one_milvus_job_life_through_four_faults(
         assert restarts(job) > before, "the job did not fail over"
 
         # 4. The Milvus server is down: writes retry, the job fails over at worst.
-        fault_phase(record_property, "milvus", p, traffic, job, outage(fs, "milvus"))
+        fault_phase(record_property, "milvus_server", p, traffic, job, outage(fs, "milvus-server"))
 
         assert cluster.running_job() == job  # the same job all along, never resubmitted
         record(record_property, "restarts", restarts(job))
         record(record_property, "records_sent", traffic.sent)
+        assert p.dead_letters() == []
+    finally:
+        cancel(job)
+        generations.drop_all(p.settings)
+
+
+def test_a_milvus_lite_job_rides_over_its_server_down(
+    fault_stack: FaultStack, record_property: Callable[[str, object], None]
+):
+    """The Milvus fault on Milvus Lite's server (killed, started again OUTAGE_S later):
+    its collections come back released, and the store loads them again before it retries;
+    the index equals the ground truth, the same job all along, no dead letter."""
+    fs = fault_stack
+    p, traffic, job = started(fs, "milvus")
+    try:
+        fault_phase(record_property, "milvus_lite", p, traffic, job, outage(fs, "milvus"))
+        assert cluster.running_job() == job
         assert p.dead_letters() == []
     finally:
         cancel(job)

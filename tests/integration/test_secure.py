@@ -7,7 +7,8 @@ the stack writes (it names the files with the secrets, never the secrets):
 `streamrag migrate`, `streamrag connect apply`, `streamrag produce`, `streamrag run` (the
 Flink Kafka source and sinks, the stores), the Python readers below.
 
-Shown here: the documents path and the CDC path end to end on pgvector and on Milvus; a
+Shown here: the documents path and the CDC path end to end on pgvector, on Milvus Lite
+and on the Milvus server (TLS and its token; without either it refuses the client); a
 wrong password or an untrusted certificate, for Kafka and for PostgreSQL, ends the
 command with one clear line, and nothing is consumed or written; no secret appears in
 `streamrag config`, in the logs, in Kafka Connect's or Flink's REST API.
@@ -34,7 +35,7 @@ import requests
 import yaml
 
 from connect.registry import ConnectRegistry, connect_url
-from streamrag.config import PROJECT_ROOT, Settings, isolated_env
+from streamrag.config import PROJECT_ROOT, MilvusConfig, Settings, isolated_env
 from streamrag.kafka import TopicMissing, end_offsets, partition_lag, read_log
 from streamrag.local import stack
 from streamrag.local.checkpoints import checkpoints_dir
@@ -42,6 +43,7 @@ from streamrag.local.kafka import ADMIN_USER, CLIENT_USER, password_file
 from streamrag.local.tls import write_ca
 from streamrag.status import find_job
 from streamrag.stores import open_store
+from streamrag.stores.base import StoreError
 from tests.integration.conftest import CLI, settings_with
 
 # Below Linux's ephemeral range (32768-60999): a port in it can be the local end of any
@@ -52,6 +54,7 @@ PORTS = {
     "KAFKA_CONTROLLER_PORT": "26093",
     "POSTGRES_PORT": "26432",
     "MILVUS_PORT": "26530",
+    "MILVUS_SERVER_PORT": "26540",  # and the 11 ports after it
     "CONNECT_PORT": "26083",
 }
 CORPUS = PROJECT_ROOT / "samples" / "corpus"
@@ -109,7 +112,10 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         secured = Secured(work, config, client, [], 0, 0, groups)
         secured.secrets = [
             password_file(settings, user).read_text() for user in (ADMIN_USER, CLIENT_USER)
-        ] + [(settings.stack.secrets_dir / "postgres.password").read_text().strip()]
+        ] + [
+            (settings.stack.secrets_dir / name).read_text().strip()
+            for name in ("postgres.password", "milvus-server.token")
+        ]
         # The CDC source through TLS: the schema, Debezium's connector, two rows.
         ok(secured.cli("migrate"))
         ok(secured.cli("connect", "apply"))
@@ -146,9 +152,11 @@ def pipeline_env(s: Secured, store: str) -> dict[str, str]:
     names = isolated_env(prefix, STORE__KIND=store, EMBEDDING__MODEL="hash:384")
     shared_topics = ("DOCUMENTS_TOPIC",)  # what the fixture produced to
     overrides = {k: v for k, v in names.items() if not k.endswith(shared_topics)}
-    if store == "milvus":  # the file's store is pgvector: a file of its own for Milvus
+    if store.startswith("milvus"):  # the file's store is pgvector: a file of its own
         data = yaml.safe_load(s.config.read_text())
-        data["store"] = {"kind": "milvus", "uri": f"http://127.0.0.1:{PORTS['MILVUS_PORT']}"}
+        data["store"] = stack.store_config(s.settings, store).model_dump(
+            mode="json", exclude_none=True
+        )
         path = s.work / f"{prefix}.yaml"
         path.write_text(yaml.safe_dump(data))
         overrides = {k: v for k, v in overrides.items() if k != "STREAMRAG_STORE__KIND"}
@@ -181,6 +189,55 @@ def test_documents_and_cdc_on_milvus(secured: Secured):
     assert f"{secured.documents + secured.cdc_rows} documents changed" in out, out
     assert "0 dead letters" in out
     expect_indexed(secured, env)
+
+
+def test_documents_and_cdc_on_the_milvus_server_over_tls(secured: Secured):
+    env = pipeline_env(secured, "milvus-server")
+    settings = settings_with(env)
+    assert settings.store.uri.startswith("https://")  # type: ignore[union-attr]
+    out = ok(secured.cli("run", "--bounded", env=env))
+    assert f"{secured.documents + secured.cdc_rows} documents changed" in out, out
+    assert "0 dead letters" in out
+    expect_indexed(secured, env)
+
+
+@pytest.mark.parametrize("what", ["no token", "wrong token", "plaintext", "untrusted certificate"])
+def test_the_milvus_server_refuses_what_lacks_its_token_or_its_tls(
+    secured: Secured, what: str, tmp_path: Path
+):
+    good = stack.store_config(secured.settings, "milvus-server")
+    assert isinstance(good, MilvusConfig)
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("root:not-the-password")
+    untrusted = write_ca(tmp_path / "other-ca", "a CA the stack never used")
+    security = good.security
+    bad = {
+        "no token": good.model_copy(
+            update={"security": security.model_copy(update={"token_file": None})}
+        ),
+        "wrong token": good.model_copy(
+            update={"security": security.model_copy(update={"token_file": wrong})}
+        ),
+        "plaintext": good.model_copy(
+            update={
+                "uri": good.uri.replace("https://", "http://"),
+                "security": security.model_copy(update={"tls": False}),
+            }
+        ),
+        "untrusted certificate": good.model_copy(
+            update={"security": security.model_copy(update={"ca_file": untrusted})}
+        ),
+    }[what]
+    with pytest.raises(StoreError) as refused:
+        open_store(bad, "t_refused")
+    assert "\n" not in str(refused.value)
+    if what.endswith("token"):
+        assert "refused the token" in str(refused.value)
+    store = open_store(good, "t_refused")  # and the right one is let in
+    try:
+        assert store.server.version.startswith("v2.3")  # type: ignore[attr-defined]
+    finally:
+        store.close()
 
 
 def test_documents_and_cdc_on_pgvector_and_no_secret_in_flink(secured: Secured):

@@ -44,9 +44,11 @@ def test_replication_allows_one_broker_to_die_from_three_on(brokers: int, expect
 
 def test_the_stack_runs_one_process_per_broker_in_start_order(tmp_path: Path):
     names = list(_instances(settings(tmp_path, 3)))
-    assert names == ["postgres", "kafka", "kafka-2", "kafka-3", "connect", "milvus"]
+    assert names == [
+        "postgres", "kafka", "kafka-2", "kafka-3", "connect", "milvus", "milvus-server",
+    ]  # fmt: skip
     one = _instances(settings(tmp_path, 1))
-    assert list(one) == ["postgres", "kafka", "connect", "milvus"]
+    assert list(one) == ["postgres", "kafka", "connect", "milvus", "milvus-server"]
 
 
 def test_three_brokers_form_a_static_quorum_with_replicated_topics(tmp_path: Path):
