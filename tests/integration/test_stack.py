@@ -1,4 +1,5 @@
-"""The local stack really runs: PostgreSQL+pgvector, Kafka, Connect+Debezium, Milvus Lite.
+"""The local stack really runs: PostgreSQL+pgvector, Kafka, Connect+Debezium, Milvus Lite,
+the Milvus server.
 
 ``up()`` is idempotent, so this brings the stack up if needed and leaves it running for
 the other integration tests (``down`` is not tested here).
@@ -16,9 +17,19 @@ import requests
 
 from jobs.indexing.apply import apply_records
 from streamrag.config import MilvusConfig, load_settings
-from streamrag.local.stack import SERVICE_NAMES, down, pids, postgres_dsn, status, up
+from streamrag.local.milvus import MilvusServer
+from streamrag.local.stack import (
+    SERVICE_NAMES,
+    down,
+    pids,
+    postgres_dsn,
+    status,
+    store_config,
+    up,
+)
 from streamrag.records import ChunkRecord, EmbeddingRecord
-from streamrag.stores.base import Trim
+from streamrag.stores import open_store
+from streamrag.stores.base import StoreError, Trim
 from streamrag.stores.milvus import MilvusStore
 from tests.integration.conftest import settings_with
 
@@ -133,3 +144,31 @@ def test_milvus_lite_loses_no_trim_to_concurrent_writers(tmp_path):
         assert left == [], f"{len(left)} chunks of deleted documents left, e.g. {left[:4]}"
     finally:
         down(settings)
+
+
+def test_the_milvus_server_lets_in_only_its_token_and_keeps_etcd_on_loopback(settings):
+    config = store_config(settings, "milvus-server")
+    assert isinstance(config, MilvusConfig)
+    anonymous = config.model_copy(
+        update={"security": config.security.model_copy(update={"token_file": None})}
+    )
+    with pytest.raises(StoreError, match="refused the token"):
+        open_store(anonymous, "t_anonymous")
+    store = open_store(config, "t_anonymous")
+    try:
+        assert store.server.version.startswith("v2.3")  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    # What the README says it opens: the proxy and the internal ports; etcd on loopback.
+    pid = pids(settings)["milvus-server"]
+    assert pid is not None
+    listening = {
+        c.laddr.port: c.laddr.ip
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+    server = MilvusServer(settings)
+    assert set(listening) <= set(server.ports)
+    assert server.ports[0] in listening
+    for key in ("etcd_port", "etcd_peer_port"):
+        assert listening[server.port(key)] == "127.0.0.1"
