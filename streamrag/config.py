@@ -172,6 +172,9 @@ class MilvusConfig(_Section):
     # under ingest) and filtered searches exact by construction; a Milvus cluster with
     # millions of chunks wants HNSW (searched with ef >= max(k, 256)).
     vector_index: Literal["FLAT", "HNSW"] = "FLAT"
+    # How long one connection attempt waits for the server (opening the store makes 6,
+    # with backoff between them); a refused TLS handshake also waits it out.
+    connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10
 
 
 class PgvectorSecurityConfig(_Section):

@@ -494,7 +494,11 @@ def _connect(config: MilvusConfig) -> MilvusClient:
     # pymilvus shares one connection per (uri, token) by default and close() removes it
     # for every client: one store's close() would cut off the others in this process
     # (a generation opened during a replay, a Retriever, the index writer).
-    return MilvusClient(**milvus_client_kwargs(config), alias=f"streamrag-{uuid.uuid4().hex}")
+    return MilvusClient(
+        **milvus_client_kwargs(config),
+        timeout=config.connect_timeout_s,
+        alias=f"streamrag-{uuid.uuid4().hex}",
+    )
 
 
 def _hit_chunk(hit: Mapping[str, Any]) -> StoredChunk:

@@ -207,6 +207,7 @@ def test_the_milvus_server_refuses_what_lacks_its_token_or_its_tls(
 ):
     good = stack.store_config(secured.settings, "milvus-server")
     assert isinstance(good, MilvusConfig)
+    good = good.model_copy(update={"connect_timeout_s": 1.5})  # a refused handshake waits
     wrong = tmp_path / "wrong.token"
     wrong.write_text("root:not-the-password")
     untrusted = write_ca(tmp_path / "other-ca", "a CA the stack never used")
