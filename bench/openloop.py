@@ -1,11 +1,11 @@
 """Open-loop query latency of `streamrag serve` on a 200,000-chunk index, per store.
 
-``python -m bench.openloop --store pgvector|milvus [--label NAME] [--chunks N] [--reuse]
+``python -m bench.openloop --store pgvector|milvus|milvus-server [--chunks N] [--reuse]
 [--keep]`` prints progress lines and ends with one JSON line of figures, each key
-prefixed with the label (``pgvector_query_store_p99_ms``, ...). The store's connection
-comes from the usual settings (STREAMRAG_STORE__... variables or $STREAMRAG_CONFIG), so the
-same bench runs against the local stack's PostgreSQL or Milvus Lite server, or a Milvus
-server (its token from store.security.token_file).
+prefixed with the store's label (``pgvector_query_store_p99_ms``,
+``milvus_server_...``, ``milvus_lite_...``). The stores are the local stack's
+(streamrag.local.stack.store_env: its PostgreSQL, its Milvus Lite server, its Milvus
+server with the token file); `make bench` measures all three (bench/stores.py).
 
 What is measured, and how:
 
@@ -73,6 +73,7 @@ import psutil
 
 from bench.freshness import percentile
 from bench.query import Service, serving
+from bench.replay import build_replayed_indexes
 from bench.run import HASH_MODEL, paragraphs
 from bench.scale import CHUNKS_PER_DOC, scale_document, section_pool
 from jobs.chunking.documents import parse_document_record
@@ -85,12 +86,13 @@ from streamrag.config import (
     Settings,
     load_settings,
 )
+from streamrag.local.stack import STORES, store_env
 from streamrag.models import encode, hash_dimension, load_model, resolve_model
 from streamrag.records import ChunkRecord, DocumentEvent, EmbeddingRecord, Origin
 from streamrag.retrieval import search_store
 from streamrag.stores import open_store
 from streamrag.stores.base import StoreError, VectorStore
-from streamrag.stores.pgvector import PgvectorStore, build_search_indexes
+from streamrag.stores.pgvector import PgvectorStore
 
 Mode = Literal["dense", "hybrid"]
 CHUNKS = 200_000
@@ -351,14 +353,10 @@ def ensure_for_load(store: VectorStore, dim: int) -> None:
 
 
 def build_indexes(store: VectorStore, config: PgvectorConfig | MilvusConfig) -> float:
-    """Seconds to build a pgvector table's pending search indexes, as a replay
-    generation's swap does (none for Milvus, whose indexes come with its collection)."""
-    if not isinstance(store, PgvectorStore) or not isinstance(config, PgvectorConfig):
-        return 0.0
-    started = time.perf_counter()
-    with store.connection() as conn:
-        build_search_indexes(conn, store.table, config.index_build_memory_mb)
-    return time.perf_counter() - started
+    """Seconds until the loaded rows are searchable through their indexes, as after a
+    replay (bench/replay.py): a pgvector table's search indexes built in one pass; a
+    Milvus server's segments sealed and indexed; nothing for Milvus Lite."""
+    return build_replayed_indexes(store, config)
 
 
 def load_index(settings: Settings, name: str, chunks: int, reuse: bool) -> Loaded:
@@ -576,43 +574,43 @@ def served_figures(service: Service, queries: Queries) -> dict[str, Any]:
 # --- the bench ------------------------------------------------------------------------------
 
 
-def bench_env(store: Literal["pgvector", "milvus"], name: str) -> dict[str, str]:
+# The figures' key prefix of each of the stack's stores.
+LABELS = {"milvus": "milvus_lite", "milvus-server": "milvus_server", "pgvector": "pgvector"}
+
+
+def bench_env(store: str, name: str) -> dict[str, str]:
     """The environment overrides that make the settings (and the service) use ``name`` in
-    ``store`` with the hashing model."""
-    where = "STREAMRAG_STORE__TABLE" if store == "pgvector" else "STREAMRAG_STORE__COLLECTION"
-    return {
-        "HF_HUB_OFFLINE": "1",
-        "STREAMRAG_STORE__KIND": store,
-        where: name,
-        "STREAMRAG_EMBEDDING__MODEL": HASH_MODEL,
-    }
+    one of the stack's stores (streamrag.local.stack.STORES) with the hashing model."""
+    overrides = {**store_env(load_settings(), store), "EMBEDDING__MODEL": HASH_MODEL}
+    overrides["STORE__TABLE" if store == "pgvector" else "STORE__COLLECTION"] = name
+    return {"HF_HUB_OFFLINE": "1", **{f"STREAMRAG_{k}": v for k, v in overrides.items()}}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bench.openloop", description=__doc__.split("\n")[0])
-    parser.add_argument("--store", choices=["pgvector", "milvus"], required=True)
-    parser.add_argument("--label", help="prefix of the figures' keys (default: the store)")
-    parser.add_argument("--chunks", type=int, default=CHUNKS, help="default %(default)s")
-    parser.add_argument("--reuse", action="store_true", help="keep an index of that size")
-    parser.add_argument("--keep", action="store_true", help="do not drop the index at the end")
-    args = parser.parse_args(argv)
-    if args.chunks < 1:
-        parser.error("--chunks must be at least 1")
-    label = args.label or args.store
-    name = index_name(args.chunks)
-    os.environ.update(bench_env(args.store, name))
+def store_figures(
+    store: str, chunks: int = CHUNKS, reuse: bool = False, keep: bool = False
+) -> dict[str, Any]:
+    """The open-loop figures of one of the stack's stores, keys prefixed with its label."""
+    label = LABELS[store]
+    name = index_name(chunks)
+    saved = dict(os.environ)
+    for key in [k for k in os.environ if k.startswith("STREAMRAG_STORE__")]:
+        del os.environ[key]  # a caller's store settings (bench/run.py's phase)
+    os.environ.update(bench_env(store, name))
     try:
         settings = load_settings()
-    except ConfigError as e:  # e.g. a Milvus uri set for --store pgvector
-        raise SystemExit(f"bench: {e}") from None
-    print(
-        f"open loop [{label}]: {args.store} index {name}, {args.chunks:,} chunks of {HASH_MODEL}",
-        flush=True,
-    )
+        print(f"open loop [{label}]: index {name}, {chunks:,} chunks of {HASH_MODEL}", flush=True)
+        figures = _measure(settings, name, chunks, reuse, keep)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return {f"{label}_{key}": value for key, value in figures.items()}
+
+
+def _measure(settings: Settings, name: str, chunks: int, reuse: bool, keep: bool) -> dict[str, Any]:
     started = time.perf_counter()
-    loaded = load_index(settings, name, args.chunks, args.reuse)
+    loaded = load_index(settings, name, chunks, reuse)
     if loaded.reused:
-        print(f"index: reused {name} ({args.chunks:,} chunks)", flush=True)
+        print(f"index: reused {name} ({chunks:,} chunks)", flush=True)
     else:
         print(
             f"index: loaded in {loaded.load_s:.1f} s ({loaded.upsert_s:.1f} s in upserts),"
@@ -622,7 +620,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         queries = Queries(query_texts())
         figures: dict[str, Any] = {
-            "chunks": args.chunks,
+            "chunks": chunks,
             "index": name,
             "index_reused": loaded.reused,
             "load_s": round(loaded.load_s, 1),
@@ -636,9 +634,25 @@ def main(argv: list[str] | None = None) -> None:
             figures |= served_figures(service, queries)
         figures["bench_s"] = round(time.perf_counter() - started, 1)
     finally:
-        if not args.keep:
+        if not keep:
             drop_index(settings, name)
-    print(json.dumps({f"{label}_{key}": value for key, value in figures.items()}))
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.openloop", description=__doc__.split("\n")[0])
+    parser.add_argument("--store", choices=STORES, required=True)
+    parser.add_argument("--chunks", type=int, default=CHUNKS, help="default %(default)s")
+    parser.add_argument("--reuse", action="store_true", help="keep an index of that size")
+    parser.add_argument("--keep", action="store_true", help="do not drop the index at the end")
+    args = parser.parse_args(argv)
+    if args.chunks < 1:
+        parser.error("--chunks must be at least 1")
+    try:
+        figures = store_figures(args.store, args.chunks, args.reuse, args.keep)
+    except ConfigError as e:
+        raise SystemExit(f"bench: {e}") from None
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

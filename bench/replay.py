@@ -1,22 +1,39 @@
-"""`make bench` replay figure: re-materialize the bench index from its embeddings topic.
+"""`make bench` replay figures: re-materialize the bench index from its embeddings topic.
 
 ``replay_figures(settings, env)`` is called by bench/run.py after its ingest run, with the
-bench's settings (its topics and collection). It runs the replay job (jobs/replay/job.py,
+bench's settings (its topics and store). It runs the replay job (jobs/replay/job.py,
 bounded, parallelism 1, no model calls) from the embeddings topic into a scratch
-collection/table next to the bench index, verifies it against the log, drops it and
-returns the rates: ``replay_chunks_per_s`` over the whole job's wall time (JVM and Python
-worker startup included, as an operator waits for it) and ``replay_steady_chunks_per_s``
-between the first and the last write. Re-embedding rates come from the ingest figures.
+collection/table, built as a replay's new generation is: a pgvector table loaded without
+its search indexes, which are built after the load (`replay_index_build_s`); a Milvus
+server's collection flushed (sealed) and indexed. It verifies the result against the log,
+and returns the rates: ``replay_chunks_per_s`` over the whole job's wall time (JVM and
+Python worker startup included, as an operator waits for it) and
+``replay_steady_chunks_per_s`` from the first write to the last, plus the index build.
+``store`` replays into another of the stack's stores (bench/stores.py); ``then`` runs on
+the scratch index before it is dropped (the per-store query figures). Re-embedding rates
+come from the ingest figures.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
-from streamrag.config import Settings
+from streamrag.config import MilvusConfig, PgvectorConfig, Settings
+from streamrag.stores.base import VectorStore
+
+# A Milvus server builds a sealed segment's index in the background: how long to wait.
+INDEX_WAIT_S = 600
 
 
-def replay_figures(settings: Settings, env: dict[str, str]) -> dict[str, float | int]:
+def replay_figures(
+    settings: Settings,
+    env: dict[str, str],
+    store: MilvusConfig | PgvectorConfig | None = None,
+    then: Callable[[Settings], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     from jobs.indexing.log import LogState, verify
     from jobs.replay.driver import override_settings, run_job
     from streamrag.generations import serving_name
@@ -31,29 +48,75 @@ def replay_figures(settings: Settings, env: dict[str, str]) -> dict[str, float |
     if dim is None:
         raise SystemExit(f"bench: {topic} holds no embeddings to replay")
     tag = uuid.uuid4().hex[:6]
+    if store is not None:
+        settings = settings.model_copy(update={"store": store})
     target = f"{serving_name(settings)}_replay{tag}"
     job = override_settings(
         settings, target, kafka={"group_id": f"{settings.kafka.group_id}-replay{tag}"}
     )
-    store = open_store(settings.store, target)
+    scratch = open_store(job.store, target)
+    extra: dict[str, Any] = {}
     try:
-        store.ensure(dim)
+        _ensure_for_bulk_load(scratch, dim)
         wall = run_job(
-            "jobs.replay.job", job, store, state.upserts, "replay", progress=False, base_env=env
+            "jobs.replay.job", job, scratch, state.upserts, "replay", progress=False, base_env=env
         )
-        verify(store, state.expected())
-        chunks = store.count()
-        stamps = sorted(c.indexed_at_ms for c in store.get(store.all_ids()))
+        build_s = build_replayed_indexes(scratch, job.store)
+        verify(scratch, state.expected())
+        chunks = scratch.count()
+        stamps = sorted(c.indexed_at_ms for c in scratch.get(scratch.all_ids()))
+        if then is not None:
+            extra = then(job)
     finally:
-        store.drop()
-        store.close()
+        scratch.drop()
+        scratch.close()
+    steady = steady_rate(stamps)
+    # The steady rate's time plus the index build's: what a replay's new generation takes
+    # from the first write until it is searchable through its indexes.
+    with_build = chunks / (chunks / steady + build_s) if steady > 0 else 0.0
     return {
         "replay_records": state.records,
         "replay_chunks": chunks,
         "replay_wall_s": round(wall, 1),
         "replay_chunks_per_s": round(chunks / wall, 2),
-        "replay_steady_chunks_per_s": round(steady_rate(stamps), 1),
+        "replay_index_build_s": round(build_s, 2),
+        "replay_steady_chunks_per_s": round(with_build, 1),
+        **extra,
     }
+
+
+def _ensure_for_bulk_load(store: VectorStore, dim: int) -> None:
+    """A new generation's table/collection: pgvector's without its search indexes."""
+    from streamrag.stores.pgvector import PgvectorStore
+
+    if isinstance(store, PgvectorStore):
+        store.ensure(dim, search_indexes=False)
+    else:
+        store.ensure(dim)
+
+
+def build_replayed_indexes(store: VectorStore, config: MilvusConfig | PgvectorConfig) -> float:
+    """Seconds to make the loaded rows searchable through their indexes: pgvector's
+    search indexes built in one pass (as a swap does); a Milvus server's segments sealed
+    and indexed; nothing for Milvus Lite (FLAT)."""
+    from streamrag.stores.milvus import MilvusStore
+    from streamrag.stores.pgvector import PgvectorStore, build_search_indexes
+
+    started = time.perf_counter()
+    if isinstance(store, PgvectorStore) and isinstance(config, PgvectorConfig):
+        with store.connection() as conn:
+            build_search_indexes(conn, store.table, config.index_build_memory_mb)
+    elif isinstance(store, MilvusStore) and not store.server.lite:
+        store.client.flush(store.collection)  # seal what is still growing
+        deadline = time.monotonic() + INDEX_WAIT_S
+        while True:
+            index = store.client.describe_index(store.collection, "embedding")
+            if int(index.get("pending_index_rows", 0)) == 0:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: Milvus did not index {store.collection} in time")
+            time.sleep(0.1)
+    return time.perf_counter() - started
 
 
 def steady_rate(stamps: list[int]) -> float:

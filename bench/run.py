@@ -47,6 +47,7 @@ from jobs.chunking.stage import ChunkStage
 from streamrag.config import PROJECT_ROOT, Settings, isolated_env, load_settings
 from streamrag.errors import UserError
 from streamrag.kafka import ensure_topics, read_log, send_all
+from streamrag.local.stack import STORES, store_env
 from streamrag.models import load_model, pick_device, resolve_model
 from streamrag.records import DocumentEvent, Origin
 from streamrag.stores import open_store
@@ -56,7 +57,9 @@ PLUMBING_COPIES = 8  # the plumbing run ingests the corpus this many times (dist
 NOISE_LIMIT = 0.15  # raw encode before vs after the pipeline: more apart flags the run
 HASH_MODEL = "hash:384"
 BenchDevice = Literal["cpu", "cuda"]  # the bench asks for one, never "auto"
-StoreKind = Literal["milvus", "pgvector"]
+# The stack's store that the default config names (store.kind milvus, the Milvus Lite
+# server's port): plumbing_chunks_per_s is measured into it.
+DEFAULT_STORE = "milvus"
 CLI = str(Path(sys.executable).with_name("streamrag"))
 # The environment the bench started in: each phase runs in this plus its own overrides.
 BASE_ENV = dict(os.environ)
@@ -212,17 +215,19 @@ def fixed_cost_wall(device: BenchDevice, model: str, **overrides: str) -> float:
 
 
 def plumbing_rate(
-    device: BenchDevice, docs: list[dict], want: int, store: StoreKind = "milvus"
+    device: BenchDevice, docs: list[dict], want: int, store: str = "milvus"
 ) -> tuple[float, float]:
-    """Chunks/s of the ingest path with the hashing model (no model cost) into ``store``:
-    by wall time less the one-document job's, and by the index's write stamps."""
-    idle = fixed_cost_wall(device, HASH_MODEL, STORE__KIND=store)
-    settings, env = bench_settings(device, EMBEDDING__MODEL=HASH_MODEL, STORE__KIND=store)
+    """Chunks/s of the ingest path with the hashing model (no model cost) into one of the
+    stack's stores (streamrag.local.stack.STORES): by wall time less the one-document
+    job's, and by the index's write stamps."""
+    where = store_env(load_settings(), store)
+    idle = fixed_cost_wall(device, HASH_MODEL, **where)
+    settings, env = bench_settings(device, EMBEDDING__MODEL=HASH_MODEL, **where)
     more = [{**d, "id": f"copy{n}/{d['id']}"} for n in range(PLUMBING_COPIES) for d in docs]
     wall, stamped, _ = ingest_rate(settings, env, more)
-    store = open_store(settings.store)
-    count = store.count()
-    store.close()
+    index = open_store(settings.store)
+    count = index.count()
+    index.close()
     cleanup(settings)
     if count != want * PLUMBING_COPIES:
         raise SystemExit(f"bench: plumbing index holds {count}, expected {want * PLUMBING_COPIES}")
@@ -288,16 +293,11 @@ def measure(argv: list[str] | None) -> None:
         flush=True,
     )
 
-    plumbing, plumbing_stamped = plumbing_rate(device, docs, len(texts))
-    # The same into pgvector: Milvus Lite is a Python server whose write path costs about
-    # as much CPU as the whole job's Python side (README, Speed).
-    plumbing_pg, _ = plumbing_rate(device, docs, len(texts), "pgvector")
+    # Into each of the stack's stores; the default's is plumbing_chunks_per_s.
+    plumbing_by_store, plumbing_stamped = plumbing_rates(device, docs, len(texts))
     use_env(env)  # back to the main bench's settings
-    print(
-        f"plumbing (model {HASH_MODEL}): {plumbing:.0f} chunks/s"
-        f" ({plumbing_stamped:.0f} by write stamps); into pgvector {plumbing_pg:.0f}",
-        flush=True,
-    )
+    default = DEFAULT_STORE
+    plumbing, plumbing_pg = plumbing_by_store[default], plumbing_by_store["pgvector"]
 
     edited = dict(docs[0])
     paras = edited["text"].split("\n\n")
@@ -354,7 +354,47 @@ def measure(argv: list[str] | None) -> None:
     figures.update(freshness_figures(scrape_metrics=True))
     print(f"figures so far: {json.dumps(figures)}", flush=True)
     figures.update(freshness_figures(rate=50.0, rows=500, label="freshness_50"))
+    print(f"figures so far: {json.dumps(figures)}", flush=True)
+    use_env(env)
+    from bench.stores import per_store_figures  # it imports this module
+
+    figures.update(per_store_figures(settings, env, plumbing_by_store, queries))
     print(json.dumps(figures))
+
+
+def plumbing_rates(
+    device: BenchDevice, docs: list[dict], want: int
+) -> tuple[dict[str, float], float]:
+    """plumbing_rate into each of the stack's stores; and the default store's rate by
+    write stamps."""
+    rates: dict[str, float] = {}
+    stamped = 0.0
+    for store in STORES:
+        rates[store], by_stamps = plumbing_rate(device, docs, want, store)
+        if store == DEFAULT_STORE:
+            stamped = by_stamps
+        print(
+            f"plumbing (model {HASH_MODEL}) into {store}: {rates[store]:.0f} chunks/s"
+            f" ({by_stamps:.0f} by write stamps)",
+            flush=True,
+        )
+    return rates, stamped
+
+
+def stores_only(chunks: int) -> dict[str, object]:
+    """bench/stores.py alone: the corpus ingested once with the real model (the embeddings
+    topic that the stores replay), the plumbing runs, then every store's figures."""
+    settings, env = bench_settings("cpu")
+    stage = ChunkStage.for_model(settings.chunking, resolve_model(settings.embedding.model))
+    docs = corpus(stage)
+    texts = [t for d in docs for t in spans(stage, d["text"])]
+    ingest_rate(settings, env, docs)
+    plumbing, _ = plumbing_rates("cpu", docs, len(texts))
+    use_env(env)
+    queries = [t.split(". ")[0][:200] for t in texts[:: max(1, len(texts) // 400)]]
+    from bench.stores import per_store_figures  # it imports this module
+
+    return dict(per_store_figures(settings, env, plumbing, queries, chunks))
 
 
 def count_embedded(settings: Settings) -> int:

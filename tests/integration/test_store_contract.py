@@ -413,6 +413,19 @@ def test_lexical_search_honours_filters(text_store):
     assert text_store.lexical_search("checkpoints", k=0) == []
 
 
+def test_lexical_search_is_not_swayed_by_stop_words(text_store):
+    texts = [
+        "The cat sat on the mat, and the dog sat by the door of the house.",
+        "The and the of the a the an the to the in the it the is the.",
+        "Checkpoints of a job are taken by the coordinator.",
+    ]
+    write(text_store, [rec(i, text=t) for i, t in enumerate(texts)])
+    hits = text_store.lexical_search("what are the checkpoints of the job", k=2)
+    assert hits[0].chunk.position == 2
+    # A query of stop words alone still searches them.
+    assert text_store.lexical_search("the of the", k=1)
+
+
 @pytest.mark.parametrize("text", [*INJECTIONS, "a & b | !c", "'':*", "\\", "-- ;", "<->"])
 def test_lexical_query_text_is_only_words(text_store, text):
     write(text_store, [rec(i, text=t, tenant="a") for i, t in enumerate(LEXICAL_TEXTS)])
