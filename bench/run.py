@@ -57,9 +57,9 @@ PLUMBING_COPIES = 8  # the plumbing run ingests the corpus this many times (dist
 NOISE_LIMIT = 0.15  # raw encode before vs after the pipeline: more apart flags the run
 HASH_MODEL = "hash:384"
 BenchDevice = Literal["cpu", "cuda"]  # the bench asks for one, never "auto"
-# The stack's store that the default config names (store.kind milvus, the Milvus Lite
-# server's port): plumbing_chunks_per_s is measured into it.
-DEFAULT_STORE = "milvus"
+# The stack's store that the default config names (the stack's PostgreSQL with pgvector):
+# plumbing_chunks_per_s is measured into it.
+DEFAULT_STORE = "pgvector"
 CLI = str(Path(sys.executable).with_name("streamrag"))
 # The environment the bench started in: each phase runs in this plus its own overrides.
 BASE_ENV = dict(os.environ)

@@ -213,11 +213,19 @@ class PgvectorConfig(_Section):
     index_build_memory_mb: Annotated[int, Field(ge=64, le=65_536)] = 1024
 
 
+# The store of the default config: the local stack's PostgreSQL with pgvector, chosen by
+# the bench's figures per store (README, "Choosing a store").
+DEFAULT_STORE_KIND = "pgvector"
+
+
 def _store_kind(value: Any) -> str:
-    """The store variant; Milvus when ``kind`` is not given (e.g. only an env override)."""
+    """The store variant: ``kind``; without it (e.g. only an env override), what the keys
+    given belong to (uri/collection: Milvus), else the default."""
     if isinstance(value, dict):
-        return str(value.get("kind", "milvus"))
-    return str(getattr(value, "kind", "milvus"))
+        if "kind" in value:
+            return str(value["kind"])
+        return "milvus" if {"uri", "collection", "vector_index"} & set(value) else "pgvector"
+    return str(getattr(value, "kind", DEFAULT_STORE_KIND))
 
 
 StoreConfig = Annotated[
@@ -374,11 +382,28 @@ class Settings(BaseSettings):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
-    store: StoreConfig = Field(default_factory=MilvusConfig)
+    store: StoreConfig = Field(default_factory=PgvectorConfig)
     flink: FlinkConfig = Field(default_factory=FlinkConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
     cdc: CdcConfig = Field(default_factory=CdcConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @model_validator(mode="after")
+    def _stack_password(self) -> Settings:
+        """The default store is the local stack's PostgreSQL: unless a password source is
+        configured (password_file, PGPASSWORD, PGPASSFILE), its password is the file that
+        the stack generated (a path in the settings, never the password)."""
+        store = self.store
+        if (
+            isinstance(store, PgvectorConfig)
+            and store.dsn == PgvectorConfig.model_fields["dsn"].default
+            and store.security.password_file is None
+            and not {"PGPASSWORD", "PGPASSFILE"} & set(os.environ)
+        ):
+            generated = self.stack.secrets_dir / "postgres.password"
+            if generated.is_file():
+                store.security.password_file = generated
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -449,6 +474,7 @@ def isolated_env(prefix: str, **extra: str) -> dict[str, str]:
         "KAFKA__DEAD_LETTER_TOPIC": f"{prefix}-dead-letters",
         "KAFKA__GROUP_ID": prefix,
     }
-    store_name = "STORE__TABLE" if extra.get("STORE__KIND") == "pgvector" else "STORE__COLLECTION"
+    kind = extra.get("STORE__KIND", DEFAULT_STORE_KIND)
+    store_name = "STORE__TABLE" if kind == "pgvector" else "STORE__COLLECTION"
     names[store_name] = prefix.replace("-", "_")
     return {f"STREAMRAG_{k}": v for k, v in {**names, **extra}.items()}

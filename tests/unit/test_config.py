@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from streamrag.config import ConfigError, MilvusConfig, PgvectorConfig, load_settings
+from streamrag.config import (
+    ConfigError,
+    MilvusConfig,
+    PgvectorConfig,
+    dump_settings,
+    load_settings,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -37,9 +43,22 @@ def test_defaults():
     assert settings.embedding.model == "bundled"
 
 
-def test_store_kind_defaults_to_milvus():
-    assert isinstance(load_settings().store, MilvusConfig)
-    assert load_settings().store.kind == "milvus"
+def test_store_kind_defaults_to_pgvector(monkeypatch, tmp_path):
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("STREAMRAG_STACK__WORK_DIR", str(tmp_path))
+    store = load_settings().store
+    assert isinstance(store, PgvectorConfig) and store.kind == "pgvector"
+    assert store.security.password_file is None  # the stack has made none yet
+    # The default store is the stack's PostgreSQL: its generated password file, by path.
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "postgres.password").write_text("s3cret")
+    store = load_settings().store
+    assert store.security.password_file == tmp_path / "secrets" / "postgres.password"
+    assert "s3cret" not in dump_settings(load_settings())
+    # A password source of the user's own wins.
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "pgpass"))
+    assert load_settings().store.security.password_file is None
 
 
 def test_yaml_file_values_are_used(tmp_path):
@@ -172,7 +191,7 @@ def test_store_override_without_kind_is_milvus(monkeypatch):
 
 
 def test_pgvector_keys_are_rejected_for_milvus(tmp_path):
-    path = write(tmp_path, "store:\n  table: t\n")
+    path = write(tmp_path, "store:\n  kind: milvus\n  table: t\n")
 
     with pytest.raises(ConfigError) as err:
         load_settings(path)

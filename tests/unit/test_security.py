@@ -222,7 +222,9 @@ def test_milvus_tls_and_token(tmp_path: Path, monkeypatch):
 
 def test_the_secret_variables_survive_a_filtered_environment():
     settings = load_settings(kafka__security={"password_env": "KAFKA_PW"})
-    assert secret_variables(settings) == {"KAFKA_PW", "STREAMRAG_MILVUS_TOKEN"}
+    assert secret_variables(settings) == {"KAFKA_PW"}  # pgvector: libpq's own variables
+    milvus = load_settings(kafka__security={"password_env": "KAFKA_PW"}, store__kind="milvus")
+    assert secret_variables(milvus) == {"KAFKA_PW", "STREAMRAG_MILVUS_TOKEN"}
 
 
 # --- the secured local stack ------------------------------------------------------------
