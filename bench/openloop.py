@@ -73,7 +73,7 @@ import psutil
 
 from bench.freshness import percentile
 from bench.query import Service, serving
-from bench.replay import build_replayed_indexes
+from bench.replay import build_replayed_indexes, ensure_for_bulk_load
 from bench.run import HASH_MODEL, paragraphs
 from bench.scale import CHUNKS_PER_DOC, scale_document, section_pool
 from jobs.chunking.documents import parse_document_record
@@ -81,8 +81,6 @@ from jobs.chunking.stage import ChunkStage
 from jobs.embedding.embedder import Embedder
 from streamrag.config import (
     ConfigError,
-    MilvusConfig,
-    PgvectorConfig,
     Settings,
     load_settings,
 )
@@ -92,7 +90,6 @@ from streamrag.records import ChunkRecord, DocumentEvent, EmbeddingRecord, Origi
 from streamrag.retrieval import search_store
 from streamrag.stores import open_store
 from streamrag.stores.base import StoreError, VectorStore
-from streamrag.stores.pgvector import PgvectorStore
 
 Mode = Literal["dense", "hybrid"]
 CHUNKS = 200_000
@@ -344,31 +341,16 @@ def holds(store: VectorStore, chunks: int) -> bool:
     return False
 
 
-def ensure_for_load(store: VectorStore, dim: int) -> None:
-    """A pgvector table without its search indexes (built after the load); else ensure."""
-    if isinstance(store, PgvectorStore):
-        store.ensure(dim, search_indexes=False)
-    else:
-        store.ensure(dim)
-
-
-def build_indexes(store: VectorStore, config: PgvectorConfig | MilvusConfig) -> float:
-    """Seconds until the loaded rows are searchable through their indexes, as after a
-    replay (bench/replay.py): a pgvector table's search indexes built in one pass; a
-    Milvus server's segments sealed and indexed; nothing for Milvus Lite."""
-    return build_replayed_indexes(store, config)
-
-
 def load_index(settings: Settings, name: str, chunks: int, reuse: bool) -> Loaded:
     store = open_store(settings.store, name)
     try:
         dim = hash_dimension(HASH_MODEL)
-        ensure_for_load(store, dim)
+        ensure_for_bulk_load(store, dim)
         if reuse and holds(store, chunks):
-            build_indexes(store, settings.store)  # a run stopped before them: built now
+            build_replayed_indexes(store, settings.store)  # a run stopped before them: built now
             return Loaded(reused=True)
         store.drop()
-        ensure_for_load(store, dim)
+        ensure_for_bulk_load(store, dim)
         started, written, upsert_s = time.perf_counter(), 0, 0.0
         for batch in record_batches(settings, chunks):
             call = time.perf_counter()
@@ -380,7 +362,7 @@ def load_index(settings: Settings, name: str, chunks: int, reuse: bool) -> Loade
                 print(f"load: {written:,} chunks, {rate:,.0f} chunks/s", flush=True)
         store.flush()
         load_s = time.perf_counter() - started
-        index_s = build_indexes(store, settings.store)
+        index_s = build_replayed_indexes(store, settings.store)
         if (count := store.count()) != chunks:
             raise SystemExit(f"bench: {name} holds {count} chunks after the load, not {chunks}")
         return Loaded(False, load_s, upsert_s, index_s)

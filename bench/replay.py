@@ -57,7 +57,7 @@ def replay_figures(
     scratch = open_store(job.store, target)
     extra: dict[str, Any] = {}
     try:
-        _ensure_for_bulk_load(scratch, dim)
+        ensure_for_bulk_load(scratch, dim)
         wall = run_job(
             "jobs.replay.job", job, scratch, state.upserts, "replay", progress=False, base_env=env
         )
@@ -85,7 +85,7 @@ def replay_figures(
     }
 
 
-def _ensure_for_bulk_load(store: VectorStore, dim: int) -> None:
+def ensure_for_bulk_load(store: VectorStore, dim: int) -> None:
     """A new generation's table/collection: pgvector's without its search indexes."""
     from streamrag.stores.pgvector import PgvectorStore
 
