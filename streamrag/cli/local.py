@@ -65,8 +65,10 @@ def stack_down(ctx: typer.Context) -> None:
 @stack_app.command("status")
 def stack_status(ctx: typer.Context) -> None:
     """One line per service: name, up/down, address, pid."""
-    for name, up, address, pid in stack.describe(settings_of(ctx)):
-        typer.echo(f"{name:<9} {'up' if up else 'down':<5} {address:<23} pid {pid or '-'}")
+    services = stack.describe(settings_of(ctx))
+    width = max((len(name) for name, *_ in services), default=0)
+    for name, up, address, pid in services:
+        typer.echo(f"{name:<{width}} {'up' if up else 'down':<5} {address:<23} pid {pid or '-'}")
 
 
 @cluster_app.command("up")
