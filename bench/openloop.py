@@ -64,7 +64,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.client import HTTPConnection
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -141,7 +141,10 @@ class OpenLoopResult:
     planned: int
     samples: list[Sample]  # in the order they finished
     stopped_early: bool = False
-    failures: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        return [s.error for s in self.samples if s.error is not None]
 
     @property
     def latencies_ms(self) -> list[float]:
@@ -240,8 +243,7 @@ def open_loop(
             with lock:
                 running[i] = due
             pool.submit(run, i, due)
-    failures = [s.error for s in samples if s.error is not None]
-    return OpenLoopResult(rate_per_s, planned, samples, stopped, failures)
+    return OpenLoopResult(rate_per_s, planned, samples, stopped)
 
 
 def checked(result: OpenLoopResult, what: str) -> OpenLoopResult:

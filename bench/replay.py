@@ -8,7 +8,9 @@ its search indexes, which are built after the load (`replay_index_build_s`); a M
 server's collection flushed (sealed) and indexed. It verifies the result against the log,
 and returns the rates: ``replay_chunks_per_s`` over the whole job's wall time (JVM and
 Python worker startup included, as an operator waits for it) and
-``replay_steady_chunks_per_s`` from the first write to the last, plus the index build.
+``replay_steady_chunks_per_s`` from the first write to the last, and
+``replay_searchable_chunks_per_s`` over that time plus the index build's: from the first
+write until the new index is searchable through its indexes.
 ``store`` replays into another of the stack's stores (bench/stores.py); ``then`` runs on
 the scratch index before it is dropped (the per-store query figures). Re-embedding rates
 come from the ingest figures.
@@ -23,6 +25,7 @@ from typing import Any
 
 from streamrag.config import MilvusConfig, PgvectorConfig, Settings
 from streamrag.stores.base import VectorStore
+from streamrag.stores.schema import VECTOR
 
 # A Milvus server builds a sealed segment's index in the background: how long to wait.
 INDEX_WAIT_S = 600
@@ -71,16 +74,15 @@ def replay_figures(
         scratch.drop()
         scratch.close()
     steady = steady_rate(stamps)
-    # The steady rate's time plus the index build's: what a replay's new generation takes
-    # from the first write until it is searchable through its indexes.
-    with_build = chunks / (chunks / steady + build_s) if steady > 0 else 0.0
+    searchable = chunks / (chunks / steady + build_s) if steady > 0 else 0.0
     return {
         "replay_records": state.records,
         "replay_chunks": chunks,
         "replay_wall_s": round(wall, 1),
         "replay_chunks_per_s": round(chunks / wall, 2),
         "replay_index_build_s": round(build_s, 2),
-        "replay_steady_chunks_per_s": round(with_build, 1),
+        "replay_steady_chunks_per_s": round(steady, 1),
+        "replay_searchable_chunks_per_s": round(searchable, 1),
         **extra,
     }
 
@@ -110,7 +112,7 @@ def build_replayed_indexes(store: VectorStore, config: MilvusConfig | PgvectorCo
         store.client.flush(store.collection)  # seal what is still growing
         deadline = time.monotonic() + INDEX_WAIT_S
         while True:
-            index = store.client.describe_index(store.collection, "embedding")
+            index = store.client.describe_index(store.collection, VECTOR)
             if int(index.get("pending_index_rows", 0)) == 0:
                 break
             if time.monotonic() > deadline:

@@ -215,7 +215,7 @@ def fixed_cost_wall(device: BenchDevice, model: str, **overrides: str) -> float:
 
 
 def plumbing_rate(
-    device: BenchDevice, docs: list[dict], want: int, store: str = "milvus"
+    device: BenchDevice, docs: list[dict], want: int, store: str
 ) -> tuple[float, float]:
     """Chunks/s of the ingest path with the hashing model (no model cost) into one of the
     stack's stores (streamrag.local.stack.STORES): by wall time less the one-document
@@ -296,8 +296,7 @@ def measure(argv: list[str] | None) -> None:
     # Into each of the stack's stores; the default's is plumbing_chunks_per_s.
     plumbing_by_store, plumbing_stamped = plumbing_rates(device, docs, len(texts))
     use_env(env)  # back to the main bench's settings
-    default = DEFAULT_STORE
-    plumbing, plumbing_pg = plumbing_by_store[default], plumbing_by_store["pgvector"]
+    plumbing, plumbing_pg = plumbing_by_store[DEFAULT_STORE], plumbing_by_store["pgvector"]
 
     edited = dict(docs[0])
     paras = edited["text"].split("\n\n")

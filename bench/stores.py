@@ -5,7 +5,7 @@ For each store, after bench/run.py's main figures (which use the configured defa
   plumbing_<label>_chunks_per_s   the ingest path with the hashing model into that store
                                   (bench/run.py's plumbing run, the same corpus x 8)
   <label>_replay_...              the bench's embeddings topic replayed into a new index
-                                  there, its index build included (bench/replay.py)
+                                  there, built and verified (bench/replay.py)
   <label>_query_p50_ms / p99      `streamrag serve` with the real model on that replayed
                                   bench index, open loop at 10 queries/s (bench/openloop.py)
   <label>_query_store_p99_ms ...  the 200,000-chunk hashing-model index: dense and hybrid
@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from bench import openloop
 from bench.query import serving
 from bench.replay import replay_figures
-from streamrag.config import Settings, dump_settings
+from jobs.replay.driver import settings_file
+from streamrag.config import Settings
 from streamrag.local.stack import store_config
 
 # Milvus Lite, the slowest by far at 200,000 chunks, last.
@@ -40,11 +38,8 @@ QUERY_WINDOW_S = 30.0
 
 def real_model_queries(settings: Settings, texts: list[str]) -> dict[str, Any]:
     """Open loop at QUERY_RATE through `streamrag serve` on ``settings``' index (the
-    service reads exactly those settings: a YAML file, no STREAMRAG_* variables)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "settings.yaml"
-        config.write_text(dump_settings(settings), encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMRAG_")}
+    service reads exactly those settings, as the replay job does)."""
+    with settings_file(settings) as (config, env):
         env |= {"STREAMRAG_CONFIG": str(config), "HF_HUB_OFFLINE": "1"}
         queries = openloop.Queries(texts)
         with serving(env) as service:

@@ -288,7 +288,7 @@ class StackConfig(_Section):
     postgres_port: int = 15432
     milvus_port: int = 19530
     # The Milvus standalone server's proxy (clients' port); its internal ports follow it:
-    # milvus_server_port + 1 to + 10 (streamrag/local/milvus.py).
+    # milvus_server_port + 1 to + 11 (streamrag/local/milvus.py).
     milvus_server_port: int = 19540
     # Milvus Lite (pure Python) keeps new rows in a memtable that every filtered query and
     # delete turns into a table again; its default budget (128 MiB: tens of thousands of

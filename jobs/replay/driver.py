@@ -165,20 +165,10 @@ def run_job(
     progress: bool = True,
     base_env: Mapping[str, str] | None = None,
 ) -> float:
-    """Run ``python -m module --bounded`` with exactly ``settings`` (a YAML file; the
-    STREAMRAG_* variables of ``base_env``, default os.environ, are left out); the bar
-    follows store.count(). Returns the wall time in seconds, startup included."""
-    data = settings.model_dump(mode="json")
-    # The secrets' variables stay (the file names them, never holds them).
-    keep = secret_variables(settings)
-    env = {
-        k: v
-        for k, v in (base_env or os.environ).items()
-        if not k.startswith("STREAMRAG_") or k in keep
-    }
-    with tempfile.TemporaryDirectory(prefix="streamrag-replay-") as tmp:
-        config, log = Path(tmp) / "settings.yaml", Path(tmp) / "job.log"
-        config.write_text(yaml.safe_dump(data), encoding="utf-8")
+    """Run ``python -m module --bounded`` with exactly ``settings`` (settings_file); the
+    bar follows store.count(). Returns the wall time in seconds, startup included."""
+    with settings_file(settings, base_env) as (config, env):
+        log = config.with_name("job.log")
         start = time.monotonic()
         with (
             log.open("w") as err,
@@ -203,6 +193,25 @@ def run_job(
                 f"{_last_error(log.read_text(errors='replace'))}"
             )
         return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def settings_file(
+    settings: Settings, base_env: Mapping[str, str] | None = None
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    """``settings`` as a YAML file, and the environment of a child process that reads
+    exactly it: ``base_env`` (default os.environ) without its STREAMRAG_* variables but
+    the secrets' (the file names them, never holds them). The file is gone on exit."""
+    keep = secret_variables(settings)
+    env = {
+        k: v
+        for k, v in (base_env or os.environ).items()
+        if not k.startswith("STREAMRAG_") or k in keep
+    }
+    with tempfile.TemporaryDirectory(prefix="streamrag-settings-") as tmp:
+        config = Path(tmp) / "settings.yaml"
+        config.write_text(yaml.safe_dump(settings.model_dump(mode="json")), encoding="utf-8")
+        yield config, env
 
 
 def override_settings(settings: Settings, name: str, **sections: dict[str, Any]) -> Settings:

@@ -4,14 +4,11 @@ C++, users on, TLS on the secured stack; see the README for the ports it opens).
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import signal
 import sys
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -62,7 +59,9 @@ class Milvus(Service):
             return False
         from pymilvus import MilvusClient
 
-        with _pymilvus_quiet():
+        from streamrag.stores.milvus import quiet
+
+        with quiet():
             try:
                 client = MilvusClient(uri=f"http://{self.address}", timeout=5)
                 try:
@@ -112,7 +111,6 @@ class MilvusServer(Service):
 
     name = "milvus-server"
     port_keys = ("milvus_server_port",)
-    stop_signal = signal.SIGTERM
 
     @property
     def ports(self) -> list[int]:
@@ -141,14 +139,13 @@ class MilvusServer(Service):
             write_private(self.token_file, f"{ROOT_USER}:{secrets.token_urlsafe(24)}")
         return self.token_file.read_text(encoding="utf-8").strip()
 
-    def store_config(self, collection: str | None = None) -> MilvusConfig:
+    def store_config(self) -> MilvusConfig:
         """How clients reach this server: its proxy, the token file, TLS on the secured
         stack (checked against the stack's CA, for the name ``localhost``)."""
         self.token()
         secure = self.settings.stack.secure
         return MilvusConfig(
             uri=f"{'https' if secure else 'http'}://localhost:{self.ports[0]}",
-            collection=collection or MilvusConfig().collection,
             vector_index="HNSW",
             security=MilvusSecurityConfig(
                 tls=secure,
@@ -237,29 +234,19 @@ class MilvusServer(Service):
         one): from then on the token file is the only way in."""
         from pymilvus import MilvusClient
 
-        config = self.store_config()
-        kwargs = milvus_client_kwargs(config)
+        from streamrag.stores.milvus import quiet, refused_token
+
+        kwargs = milvus_client_kwargs(self.store_config())
         user, password = self.token().split(":", 1)
-        with _pymilvus_quiet():
+        with quiet():
             try:
                 MilvusClient(**kwargs, timeout=10).close()
                 return
             except Exception as e:
-                if "auth" not in str(e).lower() and "credential" not in str(e).lower():
+                if not refused_token(e):
                     raise
             client = MilvusClient(**{**kwargs, "token": f"{user}:{DEFAULT_ROOT_PASSWORD}"})
             try:
                 client.update_password(user, DEFAULT_ROOT_PASSWORD, password)
             finally:
                 client.close()
-
-
-@contextmanager
-def _pymilvus_quiet() -> Iterator[None]:
-    """pymilvus logs every failed RPC at ERROR; a probe that fails is not an error."""
-    pymilvus_log = logging.getLogger("pymilvus")
-    level, pymilvus_log.level = pymilvus_log.level, logging.CRITICAL
-    try:
-        yield
-    finally:
-        pymilvus_log.level = level

@@ -22,7 +22,7 @@ import pytest
 from jobs.indexing.apply import apply_records
 from jobs.indexing.log import expected_state
 from streamrag import generations
-from streamrag.config import MilvusConfig, PgvectorConfig, Settings, load_settings
+from streamrag.config import PgvectorConfig, Settings, load_settings
 from streamrag.local.stack import STORES, store_config
 from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores import open_store
@@ -48,12 +48,8 @@ def settings() -> Settings:
     return s
 
 
-def _config(kind: str, settings: Settings) -> MilvusConfig | PgvectorConfig:
-    return store_config(settings, kind)
-
-
 def _opened(kind: str, settings: Settings) -> Iterator[VectorStore]:
-    s = open_store(_config(kind, settings), f"t_{uuid.uuid4().hex[:8]}")
+    s = open_store(store_config(settings, kind), f"t_{uuid.uuid4().hex[:8]}")
     s.ensure(DIM)
     try:
         yield s
@@ -247,7 +243,7 @@ def wide(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Wide]:
     rare = np.arange(WIDE_ROWS) % RARE_EVERY == 0
     vectors[rare] = vectors[rare] * 0.1 - far * 3
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    store = open_store(_config(request.param, settings), f"t_{uuid.uuid4().hex[:8]}")
+    store = open_store(store_config(settings, request.param), f"t_{uuid.uuid4().hex[:8]}")
     store.ensure(WIDE_DIM)
     try:
         for start in range(0, WIDE_ROWS, 4000):
@@ -435,7 +431,7 @@ def test_lexical_query_text_is_only_words(text_store, text):
 
 
 def test_milvus_server_without_full_text_refuses_lexical_search_naming_the_version(settings):
-    store = open_store(_config("milvus-server", settings), f"t_{uuid.uuid4().hex[:8]}")
+    store = open_store(store_config(settings, "milvus-server"), f"t_{uuid.uuid4().hex[:8]}")
     try:
         store.ensure(DIM)
         write(store, [rec(0, text="checkpoint barriers")])
@@ -499,7 +495,7 @@ def test_milvus_many_flushed_segments_keep_search_and_trims_exact(settings, inde
     # The stack's Milvus Lite flushes its memtable into a segment every ~1 MiB
     # (stack.milvus_memtable_mb): 3,000 chunks written in batches land in many segments.
     # Filtered searches and trims must see every row of every segment.
-    config = MilvusConfig(uri=f"http://127.0.0.1:{settings.stack.milvus_port}", vector_index=index)
+    config = store_config(settings, "milvus").model_copy(update={"vector_index": index})
     store = open_store(config, f"t_{uuid.uuid4().hex[:8]}")
     store.ensure(DIM)
     try:
@@ -535,7 +531,7 @@ def test_milvus_many_flushed_segments_keep_search_and_trims_exact(settings, inde
 
 @pytest.fixture
 def pg_config(settings: Settings) -> PgvectorConfig:
-    return _config("pgvector", settings)  # type: ignore[return-value]
+    return store_config(settings, "pgvector")  # type: ignore[return-value]
 
 
 def test_pgvector_rejects_another_dim(pg_config):
@@ -610,7 +606,7 @@ def test_pgvector_generation_loads_without_search_indexes_and_its_swap_builds_th
     only the primary key and the doc id index (trims), also after the job's own ensure();
     the swap builds HNSW, metadata and lexical, once, and searches find through them."""
     table = f"t_{uuid.uuid4().hex[:8]}"
-    config = _config("pgvector", settings).model_copy(update={"table": table})
+    config = store_config(settings, "pgvector").model_copy(update={"table": table})
     s = settings.model_copy(update={"store": config})
 
     def indexes() -> set[tuple[str, str]]:
