@@ -231,14 +231,23 @@ class RecordProducer:
 
 # A topic created a moment ago may have no partition leader yet: these pass. (An unknown
 # topic is not among them: ensure_topics waits until its topics exist.)
-_LEADER_ELECTION = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+# A partition's leader or a group's coordinator moving (a broker restarted): seconds at most.
+_MOVING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    }
+)
 
 
 def _transient(e: BaseException) -> bool:
     if not isinstance(e, KafkaException) or not isinstance(e.args[0], KafkaError):
         return False
     err: KafkaError = e.args[0]
-    return err.code() in _LEADER_ELECTION or err.retriable()
+    return err.code() in _MOVING or err.retriable()
 
 
 def end_offsets_of(consumer: Consumer, topic: str) -> dict[int, int]:
@@ -394,7 +403,7 @@ def commit_at_least(
         return {}
     group = _group_consumer(settings, group_id)
     try:
-        committed = group.committed([TopicPartition(topic, p) for p in offsets], timeout=10)
+        committed = _committed(group, topic, offsets)
         behind = {
             tp.partition: offsets[tp.partition]
             for tp in committed
@@ -408,6 +417,18 @@ def commit_at_least(
         raise refused_or_unreachable(settings, e, group) from e
     finally:
         group.close()
+
+
+@retry(
+    retry=retry_if_exception(_transient),
+    wait=wait_exponential(0.2, max=2),
+    stop=stop_after_delay(30),
+    reraise=True,
+)
+def _committed(group: Consumer, topic: str, partitions: Iterable[int]) -> list[TopicPartition]:
+    """``group``'s committed offsets of ``topic``'s ``partitions``, retried with backoff
+    while its coordinator moves (a broker restarted)."""
+    return group.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
 
 
 def _group_consumer(settings: Settings, group_id: str) -> Consumer:
@@ -429,7 +450,7 @@ def partition_lag(
         ends = end_offsets_of(consumer, topic) if ends is None else ends
         group = _group_consumer(settings, group_id)
         try:
-            committed = group.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+            committed = _committed(group, topic, ends)
         finally:
             group.close()
         lag = {}

@@ -1,4 +1,5 @@
-"""Which Kafka errors are worth a retry: a new topic's leader election passes, the rest not
+"""Which Kafka errors are worth a retry: a new topic's leader election or a group's
+coordinator moving passes, the rest not
 (a missing topic is said at once: tests/integration/test_stack.py); which errors mean Kafka
 refused the client (tests/integration/test_secure.py shows them from a real broker)."""
 
@@ -11,6 +12,17 @@ from streamrag.kafka import KafkaRefused, _raise_refused, _transient
 
 def test_a_partition_without_a_leader_yet_is_retried():
     for code in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE):
+        assert _transient(KafkaException(KafkaError(code)))
+
+
+def test_a_group_coordinator_moving_after_a_broker_restart_is_retried():
+    # Seen in CI: committed() right after the fault suite restarted a broker.
+    moving = (
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    )
+    for code in moving:
         assert _transient(KafkaException(KafkaError(code)))
 
 
