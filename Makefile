@@ -62,11 +62,13 @@ DEVICE ?= cuda
 bench-gpu: stack-up
 	$(PY) -m bench.run --device $(DEVICE)
 
-# The scale curve (about 30 minutes): the ingest job at 3 corpus sizes with the hashing
-# model (no model cost), ending with one JSON line. SCALE_DOCS=40,400 picks other sizes.
+# The scale curve (about 30 minutes a store): the ingest job at 3 corpus sizes with the
+# hashing model (no model cost), ending with one JSON line. SCALE_DOCS=40,400 picks other
+# sizes, SCALE_STORES=milvus other stores of the stack (milvus: Milvus Lite).
 SCALE_DOCS ?= 40,400,4000
+SCALE_STORES ?= pgvector,milvus-server
 bench-scale: stack-up
-	$(PY) -m bench.scale --docs $(SCALE_DOCS)
+	$(PY) -m bench.scale --docs $(SCALE_DOCS) --stores $(SCALE_STORES)
 
 # Retrieval quality on the Python documentation (a Debian package, fetched by the eval);
 # no services needed. Ends with one JSON line.

@@ -74,7 +74,7 @@ import psutil
 from bench.freshness import percentile
 from bench.query import Service, serving
 from bench.replay import build_replayed_indexes, ensure_for_bulk_load
-from bench.run import HASH_MODEL, paragraphs
+from bench.run import HASH_MODEL, LABELS, paragraphs
 from bench.scale import CHUNKS_PER_DOC, scale_document, section_pool
 from jobs.chunking.documents import parse_document_record
 from jobs.chunking.stage import ChunkStage
@@ -556,10 +556,6 @@ def served_figures(service: Service, queries: Queries) -> dict[str, Any]:
 
 
 # --- the bench ------------------------------------------------------------------------------
-
-
-# The figures' key prefix of each of the stack's stores.
-LABELS = {"milvus": "milvus_lite", "milvus-server": "milvus_server", "pgvector": "pgvector"}
 
 
 def bench_env(store: str, name: str) -> dict[str, str]:

@@ -16,6 +16,10 @@ Bench: build a corpus of 40 documents x ~50 chunks of ~200 tokens from samples/c
      dense again while the job ingests 40 more documents (bench/query.py)
   -> freshness: PostgreSQL commit -> indexed through Debezium (bench/freshness.py), at 5
      and at 50 updates a second
+  -> per store (pgvector, Milvus server, Milvus Lite): plumbing, replay, open-loop query
+     latency (bench/stores.py)
+  -> the scale curve of pgvector and the Milvus server at 2,000 and 200,000 chunks
+     (bench/scale.py's two ends, about 25 minutes)
 
 Figures are measured in one run so that ratios compare like with like on a noisy machine.
 ``--device cuda`` (`make bench-gpu`) runs the model on a GPU, in half precision; it stops
@@ -60,6 +64,8 @@ BenchDevice = Literal["cpu", "cuda"]  # the bench asks for one, never "auto"
 # The stack's store that the default config names (the stack's PostgreSQL with pgvector):
 # plumbing_chunks_per_s is measured into it.
 DEFAULT_STORE = "pgvector"
+# The figures' key prefix of each of the stack's stores.
+LABELS = {"milvus": "milvus_lite", "milvus-server": "milvus_server", "pgvector": "pgvector"}
 CLI = str(Path(sys.executable).with_name("streamrag"))
 # The environment the bench started in: each phase runs in this plus its own overrides.
 BASE_ENV = dict(os.environ)
@@ -358,6 +364,10 @@ def measure(argv: list[str] | None) -> None:
     from bench.stores import per_store_figures  # it imports this module
 
     figures.update(per_store_figures(settings, env, plumbing_by_store, queries))
+    print(f"figures so far: {json.dumps(figures)}", flush=True)
+    from bench.scale import BENCH_SIZES, DEFAULT_STORES, curves  # it imports this module
+
+    figures.update(curves(DEFAULT_STORES, BENCH_SIZES))
     print(json.dumps(figures))
 
 

@@ -5,13 +5,15 @@ The model is the hashing embedder (`hash:384`, no model cost): on this CPU the r
 chunk at any size. What grows with the data is the rest, which this measures: the
 plumbing, the per-document state and the vector store.
 
-At each size (``--docs``, default 40, 400 and 4,000 documents of 50 one-section chunks,
-Markdown made from samples/corpus: 2,000, 20,000 and 200,000 chunks), on fresh topics and
-a fresh collection (Milvus Lite, parallelism 1):
+For each store (``--stores``, default pgvector and the Milvus server, the stack's two real
+stores; ``milvus`` is Milvus Lite) and at each size (``--docs``, default 40, 400 and 4,000
+documents of 50 one-section chunks, Markdown made from samples/corpus: 2,000, 20,000 and
+200,000 chunks), on fresh topics and a fresh collection or table (parallelism 1):
 
   -> produce the documents, run the ingest job (`streamrag run --bounded`), while it runs:
      - peak RSS of the job's processes (client, JVM, Python workers)
-       and their CPU time, and the Milvus Lite server's CPU time;
+       and their CPU time, and the store server's CPU time (its processes and the
+       children it reaped: PostgreSQL's backends);
      - the job's Prometheus endpoint (scraped every second; the last scrape before the end
        counts): ``store_write_ms`` p50/p99 (one flush's upserts and trims, the job's
        gauges over its last five minutes), and its sum and count;
@@ -26,9 +28,11 @@ a fresh collection (Milvus Lite, parallelism 1):
   -> replay: the index re-materialized from the embeddings topic (bench/replay.py);
   -> clean up: collection, topics, checkpoints.
 
-Ends with one JSON line: ``scale_<docs>_...`` per size, ``scale_throughput_ratio`` (steady
-chunks/s at the largest size / at the smallest), ``scale_rss_ratio`` (peak RSS, largest /
-smallest) and what was chosen.
+Ends with one JSON line, per store: ``scale_<label>_<docs>_...`` per size,
+``scale_<label>_throughput_ratio`` (steady chunks/s at the largest size / at the smallest),
+``scale_<label>_rss_ratio`` (peak RSS, largest / smallest) and what was chosen; labels as in
+bench/run.py (``pgvector``, ``milvus_server``). Milvus Lite's keys keep their names
+from before the stores had labels: ``scale_<docs>_...``, ``scale_throughput_ratio``.
 """
 
 from __future__ import annotations
@@ -47,17 +51,20 @@ import psutil
 from bench.cleanup import cleanup
 from bench.query import free_port
 from bench.replay import replay_figures, steady_rate
-from bench.run import HASH_MODEL, bench_settings, paragraphs, start_bounded_run
+from bench.run import HASH_MODEL, LABELS, bench_settings, paragraphs, start_bounded_run
 from jobs.chunking.stage import ChunkStage
-from streamrag.config import Settings
+from streamrag.config import Settings, load_settings
 from streamrag.kafka import ensure_topics, send_all
 from streamrag.local.checkpoints import checkpoints_dir
-from streamrag.local.stack import pids
+from streamrag.local.stack import STORES, pids, store_env
 from streamrag.metrics import Samples, operator_total, scrape
 from streamrag.models import resolve_model
 from streamrag.stores import open_store
 
 SIZES = (40, 400, 4000)  # documents; x CHUNKS_PER_DOC chunks
+BENCH_SIZES = (40, 4000)  # `make bench`'s curve: its two ends, 2,000 and 200,000 chunks
+# The stack's real stores (issue 36); Milvus Lite (`milvus`) on request.
+DEFAULT_STORES = ("pgvector", "milvus-server")
 CHUNKS_PER_DOC = 50
 # A paragraph of this many cl100k tokens under its own heading is exactly one chunk: above
 # chunking.min_section_tokens (40, no merge with a neighbour), below the 160-token budget
@@ -114,7 +121,7 @@ class SizeFigures:
     store_write_p50_ms: float
     store_write_p99_ms: float
     store_write_ms_per_chunk: float  # the histogram's sum / chunks written
-    milvus_cpu_ms_per_chunk: float
+    store_cpu_ms_per_chunk: float  # the store server's processes
     replay_chunks_per_s: float
     replay_steady_chunks_per_s: float
 
@@ -135,25 +142,35 @@ def per_chunk_ms(seconds: float, fixed_s: float, chunks: int) -> float | None:
     return round(net * 1000 / chunks, 3) if net > 0 and chunks else None
 
 
+def key_prefix(store: str) -> str:
+    """``scale_<label>_`` of a store's keys; Milvus Lite's keys are ``scale_`` (their names
+    from before the bench had a store per run)."""
+    return "scale_" if store == "milvus" else f"scale_{LABELS[store]}_"
+
+
 def figures(
-    sizes: list[SizeFigures], fixed_s: list[float], fixed_cpu_s: list[float]
+    sizes: list[SizeFigures],
+    fixed_s: list[float],
+    fixed_cpu_s: list[float],
+    store: str = "milvus",
 ) -> dict[str, object]:
-    """The JSON figures: per size, then the ratios of the largest size to the smallest.
-    The fixed cost is the least of its measurements (noise only adds to it)."""
+    """The JSON figures of one store: per size, then the ratios of the largest size to the
+    smallest. The fixed cost is the least of its measurements (noise only adds to it)."""
     fixed, fixed_cpu = min(fixed_s, default=0.0), min(fixed_cpu_s, default=0.0)
+    k = key_prefix(store)
     out: dict[str, object] = {
-        "scale_model": HASH_MODEL,
-        "scale_store": "milvus",
-        "scale_parallelism": 1,
-        "scale_docs": [s.docs for s in sizes],
-        "scale_chunks": [s.chunks for s in sizes],
-        "scale_chunks_per_doc": CHUNKS_PER_DOC,
-        "scale_fixed_cost_job_s": [round(f, 1) for f in fixed_s],
-        "scale_fixed_cost_cpu_s": [round(f, 1) for f in fixed_cpu_s],
+        k + "model": HASH_MODEL,
+        k + "store": store,
+        k + "parallelism": 1,
+        k + "docs": [s.docs for s in sizes],
+        k + "chunks": [s.chunks for s in sizes],
+        k + "chunks_per_doc": CHUNKS_PER_DOC,
+        k + "fixed_cost_job_s": [round(f, 1) for f in fixed_s],
+        k + "fixed_cost_cpu_s": [round(f, 1) for f in fixed_cpu_s],
     }
     wall_rates = [net_rate(s.chunks, s.wall_s, fixed) for s in sizes]
     for s, wall_rate in zip(sizes, wall_rates, strict=True):
-        p = f"scale_{s.docs}_"
+        p = f"{k}{s.docs}_"
         out |= {
             p + "chunks": s.chunks,
             p + "wall_s": round(s.wall_s, 1),
@@ -168,7 +185,7 @@ def figures(
             p + "store_write_p99_ms": s.store_write_p99_ms,
             p + "store_write_ms_per_chunk": round(s.store_write_ms_per_chunk, 3),
             p + "job_cpu_ms_per_chunk": per_chunk_ms(s.cpu_s, fixed_cpu, s.chunks),
-            p + "milvus_cpu_ms_per_chunk": round(s.milvus_cpu_ms_per_chunk, 3),
+            p + "store_cpu_ms_per_chunk": round(s.store_cpu_ms_per_chunk, 3),
             p + "replay_chunks_per_s": s.replay_chunks_per_s,
             p + "replay_steady_chunks_per_s": s.replay_steady_chunks_per_s,
         }
@@ -177,23 +194,21 @@ def figures(
         growth_mb = large.peak_rss_mb - small.peak_rss_mb
         state_mb = (large.state_bytes - small.state_bytes) / MIB
         out |= {
-            "scale_throughput_ratio": ratio(large.steady_chunks_per_s, small.steady_chunks_per_s),
+            k + "throughput_ratio": ratio(large.steady_chunks_per_s, small.steady_chunks_per_s),
             # by wall rates, from the smallest size that has one
-            "scale_wall_throughput_ratio": ratio(
+            k + "wall_throughput_ratio": ratio(
                 wall_rates[-1] or 0.0, next((r for r in wall_rates if r), 0.0)
             ),
-            "scale_rss_ratio": ratio(large.peak_rss_mb, small.peak_rss_mb),
-            "scale_rss_growth_mb": round(growth_mb),
-            "scale_state_growth_mb": round(state_mb, 1),
-            "scale_rss_growth_beyond_state_mb": round(growth_mb - state_mb),
-            "scale_state_per_doc_ratio": ratio(
-                large.state_bytes_per_doc, small.state_bytes_per_doc
-            ),
-            "scale_replay_ratio": ratio(
+            k + "rss_ratio": ratio(large.peak_rss_mb, small.peak_rss_mb),
+            k + "rss_growth_mb": round(growth_mb),
+            k + "state_growth_mb": round(state_mb, 1),
+            k + "rss_growth_beyond_state_mb": round(growth_mb - state_mb),
+            k + "state_per_doc_ratio": ratio(large.state_bytes_per_doc, small.state_bytes_per_doc),
+            k + "replay_ratio": ratio(
                 large.replay_steady_chunks_per_s, small.replay_steady_chunks_per_s
             ),
         }
-        out["scale_throughput_target_met"] = (
+        out[k + "throughput_target_met"] = (
             ratio(large.steady_chunks_per_s, small.steady_chunks_per_s) >= TARGET_THROUGHPUT
         )
     return out
@@ -283,20 +298,30 @@ class JobRun:
     peak_rss_mb: float
     peak_rss_by_kind_mb: dict[str, float]
     cpu_s: float
-    milvus_cpu_s: float
+    store_cpu_s: float
     checkpoint: tuple[int, int]
     samples: Samples
 
 
-def milvus_cpu_s(settings: Settings) -> float:
-    pid = pids(settings).get("milvus")
-    return sum(tree_cpu_s(psutil.Process(pid)).values()) if pid else 0.0
+# The stack's service that serves each store.
+STORE_SERVICE = {"milvus": "milvus", "milvus-server": "milvus-server", "pgvector": "postgres"}
 
 
-def run_watched(settings: Settings, env: dict[str, str]) -> JobRun:
+def store_cpu_s(settings: Settings, store: str) -> float:
+    """CPU seconds of the store's server so far: its processes, and the children it has
+    reaped (PostgreSQL's backend of a connection that closed)."""
+    pid = pids(settings).get(STORE_SERVICE[store])
+    if not pid:
+        return 0.0
+    root = psutil.Process(pid)
+    reaped = root.cpu_times()
+    return sum(tree_cpu_s(root).values()) + reaped.children_user + reaped.children_system
+
+
+def run_watched(settings: Settings, env: dict[str, str], store: str) -> JobRun:
     """One bounded ingest run, watched."""
     port = settings.flink.prometheus_port
-    milvus_before = milvus_cpu_s(settings)
+    store_before = store_cpu_s(settings, store)
     start = time.perf_counter()
     proc = start_bounded_run(env)
     watch = Watch(
@@ -314,39 +339,43 @@ def run_watched(settings: Settings, env: dict[str, str]) -> JobRun:
         watch.peak_total_mb,
         watch.peak_mb,
         sum(watch.cpu.values()),
-        milvus_cpu_s(settings) - milvus_before,
+        store_cpu_s(settings, store) - store_before,
         watch.last_checkpoint(),
         watch.samples,
     )
 
 
-def phase(docs: list[dict[str, str]]) -> tuple[Settings, dict[str, str], JobRun]:
-    """Fresh topics and collection, ``docs`` produced, one watched bounded run."""
+def phase(docs: list[dict[str, str]], store: str) -> tuple[Settings, dict[str, str], JobRun]:
+    """Fresh topics and collection or table in ``store``, ``docs`` produced, one watched
+    bounded run."""
     settings, env = bench_settings(
-        "cpu", EMBEDDING__MODEL=HASH_MODEL, FLINK__PROMETHEUS_PORT=str(free_port())
+        "cpu",
+        EMBEDDING__MODEL=HASH_MODEL,
+        FLINK__PROMETHEUS_PORT=str(free_port()),
+        **store_env(load_settings(), store),
     )
     try:
         ensure_topics(settings)
         send_all(settings, settings.kafka.documents_topic, [(d["id"], json.dumps(d)) for d in docs])
-        return settings, env, run_watched(settings, env)
+        return settings, env, run_watched(settings, env, store)
     except BaseException:  # the job failed (or the bench was stopped): leave nothing behind
         cleanup(settings)
         raise
 
 
-def fixed_cost() -> tuple[float, float]:
+def fixed_cost(store: str) -> tuple[float, float]:
     """Wall and CPU seconds of the bounded job over one one-chunk document: start-up (JVM,
     Python workers) and shutdown, which the rates leave out."""
     one = {"id": "scale/idle", "text": "One short paragraph, so that every operator opens."}
-    settings, _, run = phase([one])
+    settings, _, run = phase([one], store)
     cleanup(settings)
     return run.wall_s, run.cpu_s
 
 
-def measure(n_docs: int, pool: Sequence[str]) -> SizeFigures:
+def measure(n_docs: int, pool: Sequence[str], store: str) -> SizeFigures:
     docs = scale_corpus(n_docs, pool)
     want = n_docs * CHUNKS_PER_DOC
-    settings, env, run = phase(docs)
+    settings, env, run = phase(docs, store)
     try:
         store = open_store(settings.store)
         try:
@@ -375,10 +404,26 @@ def measure(n_docs: int, pool: Sequence[str]) -> SizeFigures:
         store_write_p50_ms=operator_total(s, "store_write_ms_p50"),
         store_write_p99_ms=operator_total(s, "store_write_ms_p99"),
         store_write_ms_per_chunk=operator_total(s, "store_write_ms_sum") / written,
-        milvus_cpu_ms_per_chunk=run.milvus_cpu_s * 1000 / want,
+        store_cpu_ms_per_chunk=run.store_cpu_s * 1000 / want,
         replay_chunks_per_s=float(replay["replay_chunks_per_s"]),
         replay_steady_chunks_per_s=float(replay["replay_steady_chunks_per_s"]),
     )
+
+
+def store_curve(store: str, sizes: Sequence[int], pool: Sequence[str]) -> dict[str, object]:
+    """One store's curve: the fixed cost, every size, the fixed cost again."""
+    print(f"[{store}] sizes {sizes} documents x {CHUNKS_PER_DOC} chunks", flush=True)
+    fixed = [fixed_cost(store)]
+    print(f"[{store}] fixed cost (one-document job): {fixed[0][0]:.1f} s, {fixed[0][1]:.1f} CPU-s")
+    measured: list[SizeFigures] = []
+    for n in sizes:
+        measured.append(measure(n, pool, store))
+        print(f"[{store}] size {n}: {json.dumps(asdict(measured[-1]))}", flush=True)
+    fixed.append(fixed_cost(store))
+    print(f"[{store}] fixed cost again: {fixed[1][0]:.1f} s, {fixed[1][1]:.1f} CPU-s", flush=True)
+    out = figures(measured, [w for w, _ in fixed], [c for _, c in fixed], store)
+    print(f"[{store}] {json.dumps(out)}", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -388,25 +433,37 @@ def main(argv: list[str] | None = None) -> None:
         default=",".join(map(str, SIZES)),
         help="comma-separated corpus sizes in documents (default %(default)s)",
     )
-    sizes = sorted(int(n) for n in parser.parse_args(argv).docs.split(","))
+    parser.add_argument(
+        "--stores",
+        default=",".join(DEFAULT_STORES),
+        help=f"comma-separated stores of the stack, from {', '.join(STORES)}"
+        " (default %(default)s; milvus is Milvus Lite)",
+    )
+    args = parser.parse_args(argv)
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    unknown = [s for s in stores if s not in STORES]
+    if unknown or not stores:
+        parser.error(f"unknown store {unknown[0]!r}" if unknown else "no store given")
+    try:
+        sizes = sorted(int(n) for n in args.docs.split(","))
+    except ValueError:
+        parser.error(f"--docs takes numbers of documents, not {args.docs!r}")
+    print(json.dumps(curves(stores, sizes)))
+
+
+def curves(stores: Sequence[str], sizes: Sequence[int]) -> dict[str, object]:
+    """Every store's curve at ``sizes`` (documents), one after the other."""
     settings, _ = bench_settings("cpu", EMBEDDING__MODEL=HASH_MODEL)
     pool = section_pool(ChunkStage.for_model(settings.chunking, resolve_model(HASH_MODEL)))
     print(
         f"scale curve: model {HASH_MODEL} (no model cost: the plumbing, state and store),"
-        f" Milvus Lite, parallelism 1; sizes {sizes} documents x {CHUNKS_PER_DOC} chunks",
+        f" parallelism 1; stores {list(stores)}",
         flush=True,
     )
-    fixed = [fixed_cost()]
-    print(
-        f"fixed cost (one-document job): {fixed[0][0]:.1f} s, {fixed[0][1]:.1f} CPU-s", flush=True
-    )
-    measured: list[SizeFigures] = []
-    for n in sizes:
-        measured.append(measure(n, pool))
-        print(f"size {n}: {json.dumps(asdict(measured[-1]))}", flush=True)
-    fixed.append(fixed_cost())
-    print(f"fixed cost again: {fixed[1][0]:.1f} s, {fixed[1][1]:.1f} CPU-s", flush=True)
-    print(json.dumps(figures(measured, [w for w, _ in fixed], [c for _, c in fixed])))
+    out: dict[str, object] = {}
+    for store in stores:
+        out |= store_curve(store, sorted(sizes), pool)
+    return out
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 from bench import openloop
 from bench.query import serving
 from bench.replay import replay_figures
+from bench.run import LABELS
 from jobs.replay.driver import settings_file
 from streamrag.config import Settings
 from streamrag.local.stack import store_config
@@ -66,7 +67,7 @@ def per_store_figures(
     topic); ``plumbing``: the plumbing rate of each store, already measured."""
     figures: dict[str, Any] = {}
     for store in ORDER:
-        label = openloop.LABELS[store]
+        label = LABELS[store]
         figures[f"plumbing_{label}_chunks_per_s"] = round(plumbing[store], 1)
         config = store_config(settings, store)
         replay = replay_figures(

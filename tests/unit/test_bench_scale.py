@@ -86,7 +86,7 @@ def size(docs: int, steady: float, rss: float, state: int) -> SizeFigures:
         store_write_p50_ms=250.0,
         store_write_p99_ms=600.0,
         store_write_ms_per_chunk=1.2,
-        milvus_cpu_ms_per_chunk=0.6,
+        store_cpu_ms_per_chunk=0.6,
         replay_chunks_per_s=500.0,
         replay_steady_chunks_per_s=1000.0,
     )
@@ -114,6 +114,21 @@ def test_figures_compare_the_largest_size_with_the_smallest() -> None:
     two = figures([small, size(800, 450.0, 1500.0, 0)], [20.0], [10.0])
     assert two["scale_throughput_ratio"] == 0.9
     assert two["scale_throughput_target_met"] is True
+
+
+def test_each_store_has_keys_of_its_own_and_milvus_lite_keeps_the_old_names() -> None:
+    sizes = [size(40, 500.0, 1500.0, 0), size(4000, 450.0, 1600.0, 0)]
+    pg = figures(sizes, [20.0], [10.0], "pgvector")
+    server = figures(sizes, [20.0], [10.0], "milvus-server")
+    lite = figures(sizes, [20.0], [10.0], "milvus")
+    assert pg["scale_pgvector_store"] == "pgvector"
+    assert pg["scale_pgvector_throughput_ratio"] == 0.9
+    assert pg["scale_pgvector_4000_store_cpu_ms_per_chunk"] == 0.6
+    assert server["scale_milvus_server_throughput_ratio"] == 0.9
+    assert lite["scale_throughput_ratio"] == 0.9
+    assert lite["scale_store"] == "milvus"
+    # one bench line holds them all: no key of one store is another's
+    assert not set(pg) & set(server) and not set(pg) & set(lite) and not set(server) & set(lite)
 
 
 def test_no_wall_rate_when_the_run_is_hardly_longer_than_the_fixed_cost() -> None:
