@@ -82,6 +82,9 @@ TRIMS_PER_DELETE = 100
 EXACT_SCAN_ROWS = 16_384
 # Keys per page of all_ids().
 ID_PAGE = 10_000
+# Chunks per query of get(): a server refuses a result over its size limit (200,000 chunks
+# at once: "query results exceed the limit size"), and the id list is the expression.
+GET_PAGE = 1_000
 # A new collection's indexes are built at once (it is empty); a server this slow is down.
 INDEX_BUILD_TIMEOUT_S = 60
 
@@ -415,19 +418,28 @@ class MilvusStore:
         )
         return sorted((stored_chunk(row) for row in rows), key=lambda c: c.position)
 
-    @transient
     def get(self, chunk_ids: Sequence[str], with_vectors: bool = False) -> list[StoredChunk]:
-        if not chunk_ids:
-            return []
-        fields = [KEY, *SCALARS, *([VECTOR] if with_vectors else [])]
-        rows = self._client.query(
-            self.collection,
-            filter=_ids_filter(chunk_ids),
-            output_fields=fields,
-            consistency_level=self._read_level(),
-        )
+        """The stored chunks of ``chunk_ids`` (those that exist), in that order; asked in
+        pages of GET_PAGE ids."""
+        rows = [
+            row
+            for i in range(0, len(chunk_ids), GET_PAGE)
+            for row in self._get_page(chunk_ids[i : i + GET_PAGE], with_vectors)
+        ]
         order = {cid: i for i, cid in enumerate(chunk_ids)}
         return sorted((stored_chunk(row) for row in rows), key=lambda c: order[c.chunk_id])
+
+    @transient
+    def _get_page(self, chunk_ids: Sequence[str], with_vectors: bool) -> list[dict[str, Any]]:
+        fields = [KEY, *SCALARS, *([VECTOR] if with_vectors else [])]
+        return list(
+            self._client.query(
+                self.collection,
+                filter=_ids_filter(chunk_ids),
+                output_fields=fields,
+                consistency_level=self._read_level(),
+            )
+        )
 
     @transient
     def doc_chunk_ids(self, doc_id: str) -> list[str]:

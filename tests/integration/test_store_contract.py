@@ -25,6 +25,7 @@ from streamrag import generations
 from streamrag.config import PgvectorConfig, Settings, load_settings
 from streamrag.local.stack import STORES, store_config
 from streamrag.records import ChunkRecord, EmbeddingRecord
+from streamrag.stores import milvus as milvus_store
 from streamrag.stores import open_store
 from streamrag.stores.base import (
     MAX_K,
@@ -101,6 +102,17 @@ def test_upsert_is_idempotent(store):
     write(store, records)
     assert store.count() == 10
     assert without_time(store.get(store.all_ids(), with_vectors=True)) == before
+
+
+def test_get_of_more_ids_than_a_page_returns_every_chunk_in_the_order_asked(store, monkeypatch):
+    # A Milvus server refused 200,000 ids in one query (its result size limit): get()
+    # asks in pages; three ids a page here.
+    monkeypatch.setattr(milvus_store, "GET_PAGE", 3)
+    write(store, [rec(i) for i in range(8)])
+    asked = ["d1-7", "d1-0", "missing", "d1-5", "d1-2", "d1-6", "d1-1", "d1-3", "d1-4"]
+    got = store.get(asked, with_vectors=True)
+    assert [c.chunk_id for c in got] == [a for a in asked if a != "missing"]
+    assert all(c.vector is not None and len(c.vector) == DIM for c in got)
 
 
 def test_upsert_replaces_text_and_skips_older_versions(store):
