@@ -77,6 +77,11 @@ from streamrag.stores.schema import (
 INDEXES_PENDING: Final = "streamrag: search indexes pending (built at swap)"
 # A filter that matches at most this many rows is searched exactly (see search()).
 EXACT_SCAN_ROWS = 20_000
+# A lexical search ranks at most this many of the rows that match its words: ranking reads
+# each match's text vector, and words found in most of a large table made a query rank most
+# of it (~1 s at 200,000 chunks). The rows come as the text index finds them, not best
+# first: past the cap a query's hits are the best of a sample of its matches.
+LEXICAL_CANDIDATES = 2_000
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _NAMES = [c.name for c in COLUMNS]
 _READ = [KEY, *SCALARS]
@@ -268,7 +273,7 @@ class PgvectorStore:
     ) -> list[SearchHit]:
         matches = sql.SQL("{lex} @@ q.query").format(lex=sql.Identifier(LEXICAL))
         where, params = _where(filters, matches)
-        params.update(q=text, k=k, config=TEXT_SEARCH_CONFIG, join=join)
+        params.update(q=text, k=k, config=TEXT_SEARCH_CONFIG, join=join, cap=LEXICAL_CANDIDATES)
         rows = conn.execute(
             sql.SQL(
                 # The query's words as the table's words are made (the same config), less
@@ -278,10 +283,19 @@ class PgvectorStore:
                 " FROM unnest(to_tsvector(%(config)s::regconfig, %(q)s))"
                 " WHERE ts_lexize('english_stem', lexeme) <> '{{}}'), %(q)s) AS words),"
                 " q AS (SELECT replace(plainto_tsquery(%(config)s::regconfig, w.words)::text,"
-                " '&', %(join)s)::tsquery AS query FROM w)"
-                " SELECT ts_rank_cd({lex}, q.query), {cols} FROM {t}, q {where}"
+                " '&', %(join)s)::tsquery AS query FROM w),"
+                # At most LEXICAL_CANDIDATES matches are ranked (MATERIALIZED: the planner
+                # may not push the ranking's ORDER BY into the capped scan).
+                " c AS MATERIALIZED (SELECT {lex}, {cols} FROM {t}, q {where} LIMIT %(cap)s)"
+                " SELECT ts_rank_cd(c.{lex}, q.query), {ccols} FROM c, q"
                 " ORDER BY 1 DESC, chunk_id LIMIT %(k)s"
-            ).format(lex=sql.Identifier(LEXICAL), cols=_cols(_READ), t=self._t, where=where),
+            ).format(
+                lex=sql.Identifier(LEXICAL),
+                cols=_cols(_READ),
+                ccols=sql.SQL(", ").join(sql.Identifier("c", n) for n in _READ),
+                t=self._t,
+                where=where,
+            ),
             params,
         ).fetchall()
         return [SearchHit(float(row[0]), _stored(row[1:], _READ)) for row in rows]

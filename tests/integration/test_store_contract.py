@@ -26,6 +26,7 @@ from streamrag.config import PgvectorConfig, Settings, load_settings
 from streamrag.local.stack import STORES, store_config
 from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores import milvus as milvus_store
+from streamrag.stores import pgvector as pgvector_store
 from streamrag.stores import open_store
 from streamrag.stores.base import (
     MAX_K,
@@ -432,6 +433,25 @@ def test_lexical_search_is_not_swayed_by_stop_words(text_store):
     assert hits[0].chunk.position == 2
     # A query of stop words alone still searches them.
     assert text_store.lexical_search("the of the", k=1)
+
+
+@pytest.fixture
+def pg_store(settings: Settings) -> Iterator[VectorStore]:
+    yield from _opened("pgvector", settings)
+
+
+def test_pgvector_ranks_at_most_its_candidate_cap_of_a_query_s_matches(pg_store, monkeypatch):
+    # Words in most of a 200,000-chunk table made one query rank most of it (~0.8 s);
+    # at most LEXICAL_CANDIDATES matches are ranked, here 4 of 12.
+    monkeypatch.setattr(pgvector_store, "LEXICAL_CANDIDATES", 4)
+    write(pg_store, [rec(i, text=f"checkpoint barrier number {i}") for i in range(12)])
+    hits = pg_store.lexical_search("checkpoint barrier", k=10)
+    assert len(hits) == 4
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # the filter applies before the cap: the rows ranked are the filter's
+    write(pg_store, [rec(0, doc="other", text="checkpoint barrier", tenant="t")])
+    hits = pg_store.lexical_search("checkpoint barrier", 10, Filters(metadata={"tenant": "t"}))
+    assert [h.chunk.doc_id for h in hits] == ["other"]
 
 
 @pytest.mark.parametrize("text", [*INJECTIONS, "a & b | !c", "'':*", "\\", "-- ;", "<->"])
