@@ -26,8 +26,8 @@ from streamrag.config import PgvectorConfig, Settings, load_settings
 from streamrag.local.stack import STORES, store_config
 from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores import milvus as milvus_store
-from streamrag.stores import pgvector as pgvector_store
 from streamrag.stores import open_store
+from streamrag.stores import pgvector as pgvector_store
 from streamrag.stores.base import (
     MAX_K,
     Filters,
