@@ -31,9 +31,12 @@ What is measured, and how:
   (``ensure``, ``upsert`` in batches of 1,000) into a table/collection of its own,
   ``openloop_<chunks>`` (``load_s``, of which ``upsert_s`` in the store). A pgvector
   table is loaded without its search indexes, which are built afterwards in one pass, as
-  a replay generation's are at its swap (``index_build_s``). ``--reuse`` keeps an index
-  of that name that holds exactly that many chunks; it is dropped at the end unless
-  ``--keep``.
+  a replay generation's are at its swap (``index_build_s``); a Milvus server seals and
+  indexes its segments. Then the index settles (``settle_s``): a Milvus server's segments
+  are compacted and the merged ones indexed, and the store's server must be quiet (under
+  0.3 of a core over 5 s), so that the queries meet a settled index, not the load's
+  aftermath. ``--reuse`` keeps an index of that name that holds exactly that many chunks;
+  it is dropped at the end unless ``--keep``.
 
   The figures (20 queries/s unless said):
     direct_dense_p50_ms / p99, direct_hybrid_p50_ms: the store's own search from this
@@ -73,9 +76,9 @@ import psutil
 
 from bench.freshness import percentile
 from bench.query import Service, serving
-from bench.replay import build_replayed_indexes, ensure_for_bulk_load
+from bench.replay import build_replayed_indexes, ensure_for_bulk_load, wait_indexed
 from bench.run import HASH_MODEL, LABELS, paragraphs
-from bench.scale import CHUNKS_PER_DOC, scale_document, section_pool
+from bench.scale import CHUNKS_PER_DOC, scale_document, section_pool, store_cpu_s
 from jobs.chunking.documents import parse_document_record
 from jobs.chunking.stage import ChunkStage
 from jobs.embedding.embedder import Embedder
@@ -90,6 +93,7 @@ from streamrag.records import ChunkRecord, DocumentEvent, EmbeddingRecord, Origi
 from streamrag.retrieval import search_store
 from streamrag.stores import open_store
 from streamrag.stores.base import StoreError, VectorStore
+from streamrag.stores.milvus import MilvusStore
 
 Mode = Literal["dense", "hybrid"]
 CHUNKS = 200_000
@@ -335,6 +339,7 @@ class Loaded:
     load_s: float = 0.0  # wall time of the load: making the records, upserts, flush
     upsert_s: float = 0.0  # of which in the store's upsert calls
     index_build_s: float = 0.0
+    settle_s: float = 0.0  # then until the store server's background work was done
 
 
 def holds(store: VectorStore, chunks: int) -> bool:
@@ -343,14 +348,14 @@ def holds(store: VectorStore, chunks: int) -> bool:
     return False
 
 
-def load_index(settings: Settings, name: str, chunks: int, reuse: bool) -> Loaded:
+def load_index(settings: Settings, name: str, chunks: int, reuse: bool, kind: str) -> Loaded:
     store = open_store(settings.store, name)
     try:
         dim = hash_dimension(HASH_MODEL)
         ensure_for_bulk_load(store, dim)
         if reuse and holds(store, chunks):
             build_replayed_indexes(store, settings.store)  # a run stopped before them: built now
-            return Loaded(reused=True)
+            return Loaded(reused=True, settle_s=settle(settings, store, kind))
         store.drop()
         ensure_for_bulk_load(store, dim)
         started, written, upsert_s = time.perf_counter(), 0, 0.0
@@ -367,9 +372,43 @@ def load_index(settings: Settings, name: str, chunks: int, reuse: bool) -> Loade
         index_s = build_replayed_indexes(store, settings.store)
         if (count := store.count()) != chunks:
             raise SystemExit(f"bench: {name} holds {count} chunks after the load, not {chunks}")
-        return Loaded(False, load_s, upsert_s, index_s)
+        return Loaded(False, load_s, upsert_s, index_s, settle(settings, store, kind))
     finally:
         store.close()
+
+
+# The store's server is settled once it uses less than QUIET_CPU of a core over QUIET_S.
+QUIET_CPU = 0.3
+QUIET_S = 5.0
+SETTLE_TIMEOUT_S = 600.0
+
+
+def settle(settings: Settings, store: VectorStore, kind: str) -> float:
+    """Seconds until the store's server (``kind``: one of the stack's STORES) has finished
+    the background work that a bulk load leaves: the queries measure a settled index, as
+    a long-running one is. A Milvus server merges the load's segments (a compaction, asked
+    for here rather than left to its own schedule, where it fell in the middle of one
+    run's queries: p99 94 ms, against 13 ms once done) and indexes the merged ones; then
+    the store's server processes must be quiet (PostgreSQL's autovacuum included)."""
+    started = time.perf_counter()
+    if isinstance(store, MilvusStore) and not store.server.lite:
+        job = store.client.compact(store.collection)
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while store.client.get_compaction_state(job) != "Completed":
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: Milvus did not compact {store.collection} in time")
+            time.sleep(0.5)
+        wait_indexed(store)
+    while time.perf_counter() - started < SETTLE_TIMEOUT_S:
+        before = store_cpu_s(settings, kind)
+        time.sleep(QUIET_S)
+        if store_cpu_s(settings, kind) - before < QUIET_CPU * QUIET_S:
+            break
+    else:
+        print("index: the store's server stayed busy; measuring anyway", flush=True)
+    seconds = time.perf_counter() - started
+    print(f"index: settled in {seconds:.1f} s", flush=True)
+    return seconds
 
 
 def drop_index(settings: Settings, name: str) -> None:
@@ -579,16 +618,18 @@ def store_figures(
     try:
         settings = load_settings()
         print(f"open loop [{label}]: index {name}, {chunks:,} chunks of {HASH_MODEL}", flush=True)
-        figures = _measure(settings, name, chunks, reuse, keep)
+        figures = _measure(settings, store, name, chunks, reuse, keep)
     finally:
         os.environ.clear()
         os.environ.update(saved)
     return {f"{label}_{key}": value for key, value in figures.items()}
 
 
-def _measure(settings: Settings, name: str, chunks: int, reuse: bool, keep: bool) -> dict[str, Any]:
+def _measure(
+    settings: Settings, kind: str, name: str, chunks: int, reuse: bool, keep: bool
+) -> dict[str, Any]:
     started = time.perf_counter()
-    loaded = load_index(settings, name, chunks, reuse)
+    loaded = load_index(settings, name, chunks, reuse, kind)
     if loaded.reused:
         print(f"index: reused {name} ({chunks:,} chunks)", flush=True)
     else:
@@ -606,6 +647,7 @@ def _measure(settings: Settings, name: str, chunks: int, reuse: bool, keep: bool
             "load_s": round(loaded.load_s, 1),
             "upsert_s": round(loaded.upsert_s, 1),
             "index_build_s": round(loaded.index_build_s, 1),
+            "settle_s": round(loaded.settle_s, 1),
         }
         if settings.store.kind == "milvus":
             figures["vector_index"] = settings.store.vector_index

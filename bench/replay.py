@@ -21,11 +21,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamrag.config import MilvusConfig, PgvectorConfig, Settings
 from streamrag.stores.base import VectorStore
 from streamrag.stores.schema import VECTOR
+
+if TYPE_CHECKING:
+    from streamrag.stores.milvus import MilvusStore
 
 # A Milvus server builds a sealed segment's index in the background: how long to wait.
 INDEX_WAIT_S = 600
@@ -110,15 +113,20 @@ def build_replayed_indexes(store: VectorStore, config: MilvusConfig | PgvectorCo
             build_search_indexes(conn, store.table, config.index_build_memory_mb)
     elif isinstance(store, MilvusStore) and not store.server.lite:
         store.client.flush(store.collection)  # seal what is still growing
-        deadline = time.monotonic() + INDEX_WAIT_S
-        while True:
-            index = store.client.describe_index(store.collection, VECTOR)
-            if int(index.get("pending_index_rows", 0)) == 0:
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bench: Milvus did not index {store.collection} in time")
-            time.sleep(0.1)
+        wait_indexed(store)
     return time.perf_counter() - started
+
+
+def wait_indexed(store: MilvusStore) -> None:
+    """Until a Milvus server has indexed every sealed row of the store's collection."""
+    deadline = time.monotonic() + INDEX_WAIT_S
+    while True:
+        index = store.client.describe_index(store.collection, VECTOR)
+        if int(index.get("pending_index_rows", 0)) == 0:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: Milvus did not index {store.collection} in time")
+        time.sleep(0.1)
 
 
 def steady_rate(stamps: list[int]) -> float:
