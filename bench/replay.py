@@ -118,11 +118,14 @@ def build_replayed_indexes(store: VectorStore, config: MilvusConfig | PgvectorCo
 
 
 def wait_indexed(store: MilvusStore) -> None:
-    """Until a Milvus server has indexed every sealed row of the store's collection."""
+    """Until a Milvus server has indexed every sealed row of the store's collection
+    (nothing pending, and every row in an indexed segment: a segment that compaction has
+    just made is briefly neither)."""
     deadline = time.monotonic() + INDEX_WAIT_S
     while True:
         index = store.client.describe_index(store.collection, VECTOR)
-        if int(index.get("pending_index_rows", 0)) == 0:
+        pending = int(index.get("pending_index_rows", 0))
+        if pending == 0 and int(index.get("indexed_rows", 0)) >= int(index.get("total_rows", 0)):
             return
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: Milvus did not index {store.collection} in time")
