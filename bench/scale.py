@@ -414,7 +414,10 @@ def store_curve(store: str, sizes: Sequence[int], pool: Sequence[str]) -> dict[s
     """One store's curve: the fixed cost, every size, the fixed cost again."""
     print(f"[{store}] sizes {sizes} documents x {CHUNKS_PER_DOC} chunks", flush=True)
     fixed = [fixed_cost(store)]
-    print(f"[{store}] fixed cost (one-document job): {fixed[0][0]:.1f} s, {fixed[0][1]:.1f} CPU-s")
+    print(
+        f"[{store}] fixed cost (one-document job): {fixed[0][0]:.1f} s, {fixed[0][1]:.1f} CPU-s",
+        flush=True,
+    )
     measured: list[SizeFigures] = []
     for n in sizes:
         measured.append(measure(n, pool, store))

@@ -250,6 +250,15 @@ def _transient(e: BaseException) -> bool:
     return err.code() in _MOVING or err.retriable()
 
 
+# Retried with backoff while a leader or coordinator moves: seconds, so 30 s at most.
+_while_moving = retry(
+    retry=retry_if_exception(_transient),
+    wait=wait_exponential(0.2, max=2),
+    stop=stop_after_delay(30),
+    reraise=True,
+)
+
+
 def end_offsets_of(consumer: Consumer, topic: str) -> dict[int, int]:
     """Partition -> end offset (high watermark) of ``topic``, retried with backoff while
     its partitions have no leader yet; KafkaUnavailable (one line) when it cannot be read."""
@@ -260,12 +269,7 @@ def end_offsets_of(consumer: Consumer, topic: str) -> dict[int, int]:
         raise KafkaUnavailable(f"cannot read the end offsets of {topic}: {e}") from e
 
 
-@retry(
-    retry=retry_if_exception(_transient),
-    wait=wait_exponential(0.2, max=2),
-    stop=stop_after_delay(30),
-    reraise=True,
-)
+@_while_moving
 def _end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
     meta = list_topics(consumer, topic, timeout_s=10).topics.get(topic)
     if meta is None or (
@@ -419,12 +423,7 @@ def commit_at_least(
         group.close()
 
 
-@retry(
-    retry=retry_if_exception(_transient),
-    wait=wait_exponential(0.2, max=2),
-    stop=stop_after_delay(30),
-    reraise=True,
-)
+@_while_moving
 def _committed(group: Consumer, topic: str, partitions: Iterable[int]) -> list[TopicPartition]:
     """``group``'s committed offsets of ``topic``'s ``partitions``, retried with backoff
     while its coordinator moves (a broker restarted)."""

@@ -79,7 +79,7 @@ INDEXES_PENDING: Final = "streamrag: search indexes pending (built at swap)"
 EXACT_SCAN_ROWS = 20_000
 # A lexical search ranks at most this many of the rows that match its words: ranking reads
 # each match's text vector, and words found in most of a large table made a query rank most
-# of it (~1 s at 200,000 chunks). The rows come as the text index finds them, not best
+# of it (up to 0.8 s at 200,000 chunks). The rows come as the text index finds them, not best
 # first: past the cap a query's hits are the best of a sample of its matches.
 LEXICAL_CANDIDATES = 2_000
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
