@@ -29,3 +29,15 @@ def test_the_kubernetes_deployment_leaves_the_strategy_to_the_job():
     deployment = yaml.safe_load((PROJECT_ROOT / "k8s" / "flinkdeployment.yaml").read_text())
     conf = deployment["spec"]["flinkConfiguration"]
     assert not [key for key in conf if key.startswith("restart-strategy")]
+
+
+def test_the_replay_job_runs_one_applier_without_restarts_in_bulk_bundles():
+    from jobs.replay.job import REPLAY_BUNDLE_SIZE, replay_settings
+    from streamrag.config import Settings
+
+    settings = Settings()
+    flink = replay_settings(settings).flink
+
+    assert (flink.parallelism, flink.restart_attempts) == (1, 0)
+    assert flink.bundle_size == REPLAY_BUNDLE_SIZE > settings.flink.bundle_size
+    assert replay_settings(settings).store == settings.store  # nothing else changes
