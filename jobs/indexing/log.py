@@ -121,12 +121,17 @@ def expected_state(records: Iterable[EmbeddingRecord | None]) -> dict[str, Expec
     return state.expected()
 
 
+# How many hits a verification's second, wider search asks for (see verify).
+PARITY_WIDE_K = 100
+
+
 def verify(
     store: VectorStore, expected: dict[str, Expected], sample: int = 50, parity: int = 3
 ) -> None:
     """Raise VerificationError unless ``store`` holds exactly ``expected``: the same ids,
     per-document counts, versions, positions and texts, a sample of vectors within 1e-5,
-    and searches with stored vectors that find those chunks first."""
+    and searches with stored vectors that find those chunks first (or, the index being
+    approximate, among the PARITY_WIDE_K nearest)."""
     store.flush()
     ids = set(store.all_ids())
     missing, extra = sorted(expected.keys() - ids), sorted(ids - expected.keys())
@@ -162,11 +167,19 @@ def verify(
                 f"chunk {c.chunk_id}: vector differs from the log by {diff:.2g}"
             )
     for chunk_id in picks[:parity]:
-        hits = store.search(expected[chunk_id].vector.tolist(), 5)
+        vector = expected[chunk_id].vector.tolist()
+        hits = store.search(vector, 5)
         top = [h.chunk.chunk_id for h in hits if hits and h.score >= hits[0].score - 1e-4]
-        if chunk_id not in top:
+        if chunk_id in top:
+            continue
+        # The index is approximate: pgvector's HNSW (ef_search 40) missed a stored
+        # vector's own chunk among 30,000 random vectors. A wider search (a larger ef)
+        # finds it where the index holds it; an index without it, or built from other
+        # vectors, fails here too.
+        if chunk_id not in {h.chunk.chunk_id for h in store.search(vector, PARITY_WIDE_K)}:
             raise VerificationError(
-                f"a search with chunk {chunk_id}'s vector does not find it first (found {top[:1]})"
+                f"a search with chunk {chunk_id}'s vector does not find it among the"
+                f" {PARITY_WIDE_K} nearest (found {top[:1]} first)"
             )
 
 

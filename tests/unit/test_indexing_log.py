@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from jobs.indexing.log import LogState, expected_state, parse_embedding, text_digest
+from jobs.indexing.log import (
+    PARITY_WIDE_K,
+    LogState,
+    VerificationError,
+    expected_state,
+    parse_embedding,
+    text_digest,
+    verify,
+)
 from streamrag.errors import BadRecord
 from streamrag.records import ChunkRecord, EmbeddingRecord
+from streamrag.stores.base import SearchHit, StoredChunk
 
 
 def up(doc: str, pos: int, version: int, text: str = "t", model: str = "m") -> EmbeddingRecord:
@@ -115,3 +125,68 @@ def test_vectors_are_kept_as_float32():
     state = expected_state([up("a", 2, 7)])
     assert state["a-2"].vector.dtype.name == "float32"
     assert state["a-2"].vector.tolist() == [2.0, 7.0, 1.0]
+
+
+class ApproximateIndex:
+    """The reads of a store whose search is approximate: exact cosine ranking, except
+    that ``missed`` chunks are found only by a search for ``found_from_k`` hits or more
+    (None: never), as an HNSW search with a small ef can miss a vector's own chunk."""
+
+    def __init__(self, records: list[EmbeddingRecord], missed: str, found_from_k: int | None):
+        self._chunks = {
+            r.chunk.chunk_id: StoredChunk(
+                r.chunk.chunk_id,
+                r.chunk.doc_id,
+                r.chunk.version,
+                r.chunk.position,
+                0,
+                0,
+                r.chunk.text,
+                r.chunk.content_hash,
+                "",
+                None,
+                {},
+                r.model_id,
+                0,
+                0,
+                r.vector,
+            )
+            for r in records
+        }
+        self._missed, self._found_from_k = missed, found_from_k
+
+    def flush(self) -> None:
+        pass
+
+    def all_ids(self) -> list[str]:
+        return sorted(self._chunks)
+
+    def get(self, ids: list[str], with_vectors: bool = False) -> list[StoredChunk]:
+        return [self._chunks[i] for i in ids if i in self._chunks]
+
+    def search(self, vector: list[float], k: int) -> list[SearchHit]:
+        q = np.asarray(vector) / np.linalg.norm(vector)
+        hits = []
+        for c in self._chunks.values():
+            if c.chunk_id == self._missed and (
+                self._found_from_k is None or k < self._found_from_k
+            ):
+                continue
+            v = np.asarray(c.vector) / np.linalg.norm(c.vector)
+            hits.append(SearchHit(float(q @ v), c))
+        return sorted(hits, key=lambda h: -h.score)[:k]
+
+
+def test_verification_accepts_an_approximate_miss_that_a_wider_search_finds():
+    records = [up("a", i, 1, text=f"t{i}") for i in range(6)]
+    first = sorted(expected_state(records))[0]
+    index = ApproximateIndex(records, missed=first, found_from_k=PARITY_WIDE_K)
+    verify(index, expected_state(records), parity=1)
+
+
+def test_verification_fails_when_no_search_finds_a_stored_vectors_chunk():
+    records = [up("a", i, 1, text=f"t{i}") for i in range(6)]
+    first = sorted(expected_state(records))[0]
+    index = ApproximateIndex(records, missed=first, found_from_k=None)
+    with pytest.raises(VerificationError, match=f"{first}'s vector does not find it among"):
+        verify(index, expected_state(records), parity=1)
