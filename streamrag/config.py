@@ -206,11 +206,24 @@ class PgvectorConfig(_Section):
     security: PgvectorSecurityConfig = Field(default_factory=PgvectorSecurityConfig)
     table: str = "streamrag_chunks"
     pool_max: Annotated[int, Field(gt=0, le=64)] = 4
+    # A batch of upserts is written over up to this many pooled connections at once, each
+    # a share of its chunk ids: PostgreSQL inserts into the HNSW graph on a core per
+    # connection. At most pool_max.
+    write_connections: Annotated[int, Field(gt=0, le=64)] = 2
     # How long opening the store retries a PostgreSQL that does not answer, with backoff.
     unreachable_retry_s: Annotated[float, Field(gt=0, le=3600)] = 20
     # maintenance_work_mem of the pass that builds a new generation's search indexes after
     # its rows are loaded (HNSW builds far faster when its graph fits in it).
     index_build_memory_mb: Annotated[int, Field(ge=64, le=65_536)] = 1024
+
+    @model_validator(mode="after")
+    def _within_pool(self) -> PgvectorConfig:
+        if self.write_connections > self.pool_max:
+            raise ValueError(
+                f"write_connections ({self.write_connections}) must not exceed"
+                f" pool_max ({self.pool_max})"
+            )
+        return self
 
 
 # The store of the default config: the local stack's PostgreSQL with pgvector, chosen by

@@ -23,6 +23,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -115,6 +116,7 @@ class PgvectorStore:
         self.table = check_table_name(table or config.table)
         self._t = sql.Identifier(self.table)
         self._upsert_sql = _upsert_sql(self._t)
+        self._write_connections = config.write_connections
         self._lexical = False
         self._pool = open_pool(config, self.table)
 
@@ -170,10 +172,22 @@ class PgvectorStore:
     ) -> None:
         """The batch in bulk: a binary COPY into a temporary table, then one set-based
         INSERT ... ON CONFLICT that keeps the version guard (the statement guards versions
-        itself: stored_versions is not needed here)."""
+        itself: stored_versions is not needed here). A large batch is split by chunk id
+        (split_by_chunk) and its shares written over several connections at once; each
+        share is one transaction, and a failed one fails the call (a retry writes every
+        share again: an upsert applied twice changes nothing)."""
         if not records:
             return
         now = int(time.time() * 1000)
+        shares = split_by_chunk(records, self._write_connections)
+        if len(shares) == 1:
+            self._upsert_share(records, now)
+            return
+        with ThreadPoolExecutor(len(shares), thread_name_prefix="pgvector-upsert") as pool:
+            for done in [pool.submit(self._upsert_share, share, now) for share in shares]:
+                done.result()
+
+    def _upsert_share(self, records: Sequence[EmbeddingRecord], now: int) -> None:
         with self.connection() as conn, conn.cursor() as cur:
             cur.execute(_STAGING_DDL)
             with cur.copy(_COPY_SQL) as copy:
@@ -583,6 +597,27 @@ _STAGING_DDL = sql.SQL(
 _COPY_SQL = sql.SQL("COPY {s} (ordinal, {cols}) FROM STDIN (FORMAT BINARY)").format(
     s=_STAGING, cols=_cols(_NAMES)
 )
+
+
+# A batch is split only into shares of at least this many rows: below it, a connection's
+# round trips cost more than what another core takes off the share.
+MIN_SHARE_ROWS: Final = 64
+
+
+def split_by_chunk(
+    records: Sequence[EmbeddingRecord], most: int
+) -> list[Sequence[EmbeddingRecord]]:
+    """``records`` in at most ``most`` shares of at least MIN_SHARE_ROWS, by chunk id: every
+    record of a chunk lands in the same share, in the batch's order (of two equal versions,
+    the later one still wins), so shares written at once never touch the same row."""
+    n = max(1, min(most, len(records) // MIN_SHARE_ROWS))
+    if n == 1:
+        return [records]
+    shares: list[list[EmbeddingRecord]] = [[] for _ in range(n)]
+    for record in records:
+        digest = hashlib.blake2b(record.chunk.chunk_id.encode(), digest_size=4).digest()
+        shares[int.from_bytes(digest, "big") % n].append(record)
+    return [share for share in shares if share]
 
 
 def _upsert_sql(t: sql.Identifier) -> sql.Composed:
