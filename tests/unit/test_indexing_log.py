@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jobs.indexing.log import (
+    NEAR_DUPLICATE_SCORE,
     PARITY_WIDE_K,
     LogState,
     VerificationError,
@@ -188,5 +189,15 @@ def test_verification_fails_when_no_search_finds_a_stored_vectors_chunk():
     records = [up("a", i, 1, text=f"t{i}") for i in range(6)]
     first = sorted(expected_state(records))[0]
     index = ApproximateIndex(records, missed=first, found_from_k=None)
-    with pytest.raises(VerificationError, match=f"{first}'s vector does not find it among"):
+    with pytest.raises(VerificationError, match=f"{first}'s vector does not find it among the"):
         verify(index, expected_state(records), parity=1)
+
+
+def test_verification_accepts_a_near_duplicate_found_in_place_of_the_chunk():
+    # HNSW can leave a vector among many near-duplicates unreachable: the search finds
+    # a near-duplicate (cosine >= NEAR_DUPLICATE_SCORE), never the chunk itself.
+    records = [up("a", 0, 1, text="t0"), up("a", 1, 1, text="t1")]
+    twin = EmbeddingRecord(records[1].chunk, "m", [0.0, 1.0, 1.02])  # ~ a-0's [0, 1, 1]
+    index = ApproximateIndex([records[0], twin], missed="a-0", found_from_k=None)
+    assert NEAR_DUPLICATE_SCORE <= index.search([0.0, 1.0, 1.0], 1)[0].score < 1.0
+    verify(index, expected_state([records[0], twin]), parity=1)
