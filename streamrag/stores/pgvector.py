@@ -184,8 +184,7 @@ class PgvectorStore:
             self._upsert_share(records, now)
             return
         with ThreadPoolExecutor(len(shares), thread_name_prefix="pgvector-upsert") as pool:
-            for done in [pool.submit(self._upsert_share, share, now) for share in shares]:
-                done.result()
+            list(pool.map(lambda share: self._upsert_share(share, now), shares))
 
     def _upsert_share(self, records: Sequence[EmbeddingRecord], now: int) -> None:
         with self.connection() as conn, conn.cursor() as cur:
@@ -614,9 +613,8 @@ def split_by_chunk(
     if n == 1:
         return [records]
     shares: list[list[EmbeddingRecord]] = [[] for _ in range(n)]
-    for record in records:
-        digest = hashlib.blake2b(record.chunk.chunk_id.encode(), digest_size=4).digest()
-        shares[int.from_bytes(digest, "big") % n].append(record)
+    for record in records:  # hash(): the same share for a chunk id within this call
+        shares[hash(record.chunk.chunk_id) % n].append(record)
     return [share for share in shares if share]
 
 

@@ -21,6 +21,7 @@ from jobs.indexing.log import (
 from streamrag.errors import BadRecord
 from streamrag.records import ChunkRecord, EmbeddingRecord
 from streamrag.stores.base import SearchHit, StoredChunk
+from streamrag.stores.schema import column_values, stored_chunk
 
 
 def up(doc: str, pos: int, version: int, text: str = "t", model: str = "m") -> EmbeddingRecord:
@@ -134,26 +135,7 @@ class ApproximateIndex:
     (None: never), as an HNSW search with a small ef can miss a vector's own chunk."""
 
     def __init__(self, records: list[EmbeddingRecord], missed: str, found_from_k: int | None):
-        self._chunks = {
-            r.chunk.chunk_id: StoredChunk(
-                r.chunk.chunk_id,
-                r.chunk.doc_id,
-                r.chunk.version,
-                r.chunk.position,
-                0,
-                0,
-                r.chunk.text,
-                r.chunk.content_hash,
-                "",
-                None,
-                {},
-                r.model_id,
-                0,
-                0,
-                r.vector,
-            )
-            for r in records
-        }
+        self._chunks = {r.chunk.chunk_id: stored_chunk(column_values(r, 0)) for r in records}
         self._missed, self._found_from_k = missed, found_from_k
 
     def flush(self) -> None:

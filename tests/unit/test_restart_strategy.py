@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import yaml
 
-from streamrag.config import PROJECT_ROOT
+from jobs.replay.job import REPLAY_BUNDLE_SIZE, replay_settings
+from streamrag.config import PROJECT_ROOT, Settings
 from streamrag.flink import restart_strategy
 
 
@@ -32,9 +33,6 @@ def test_the_kubernetes_deployment_leaves_the_strategy_to_the_job():
 
 
 def test_the_replay_job_runs_one_applier_without_restarts_in_bulk_bundles():
-    from jobs.replay.job import REPLAY_BUNDLE_SIZE, replay_settings
-    from streamrag.config import Settings
-
     settings = Settings()
     flink = replay_settings(settings).flink
 
